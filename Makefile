@@ -1,0 +1,35 @@
+# Two commands do all set-up from a fresh clone: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+demo: $(VENV)/.stamp-demo
+	$(BIN)/glmtts demo
+
+test: $(VENV)/.stamp-test
+	$(BIN)/ruff check glmtts_plugins adapters examples tests bench
+	$(BIN)/pytest
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff check glmtts_plugins adapters examples tests bench
+	$(BIN)/ruff format --check glmtts_plugins adapters examples tests bench
+
+bench: $(VENV)/.stamp-test
+	$(BIN)/python -m bench.client_overhead
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[server]'
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,server,pipecat,livekit]'
+	touch $@ $(VENV)/.stamp-demo
+
+clean:
+	rm -rf $(VENV) out dist build

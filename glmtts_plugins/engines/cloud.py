@@ -1,0 +1,388 @@
+"""``CloudEngine``: the Zhipu open platform's GLM-TTS API (SSE streaming and whole-WAV)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from ..audio.wav import pcm_to_wav, wav_to_pcm
+from ..errors import (
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    GLMTTSError,
+    InvalidRequestError,
+    ServerError,
+    TruncatedStreamError,
+    error_from_code,
+)
+from ..text.limit import MAX_INPUT_CHARS, split_text
+from ..voices import DEFAULT_VOICE
+from .base import SAMPLE_RATE, BaseEngine, validate_request
+from .sse import SSEDecoder
+
+__all__ = ["DEFAULT_BASE_URL", "CloudEngine", "RetryPolicy"]
+
+logger = logging.getLogger("glmtts_plugins.cloud")
+
+DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
+KEY_ENV_VARS = ("ZAI_API_KEY", "ZHIPUAI_API_KEY")
+ENCODE_FORMATS = ("base64", "hex")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries for retryable errors, only before the first audio byte of a request was handed on.
+
+    Back-off is "full jitter": a random wait in ``[0, min(max_delay, base_delay * 2**attempt)]``.
+    A plain HTTP 500 is retried at most once, as the API reference advises.
+    """
+
+    max_retries: int = 2
+    base_delay: float = 0.2
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+class _Secret:
+    """Holds the API key so that no repr, log line or traceback local shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+
+class CloudEngine(BaseEngine):
+    """GLM-TTS through the cloud API (or any server that speaks its protocol, e.g. ``glmtts serve``).
+
+    One pooled keep-alive ``httpx.AsyncClient`` per engine, so consecutive requests reuse the
+    connection; ``prewarm()`` opens it before the first request. Text over 1024 characters is split at
+    sentence or clause boundaries and streamed piece by piece, in order.
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        model: str = "glm-tts",
+        encode_format: str = "base64",
+        watermark_enabled: bool | None = None,
+        connect_timeout: float = 5.0,
+        first_byte_timeout: float = 10.0,
+        read_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if encode_format not in ENCODE_FORMATS:
+            raise InvalidRequestError(
+                f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {encode_format!r}",
+                field="encode_format",
+            )
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("first_byte_timeout", first_byte_timeout),
+            ("read_timeout", read_timeout),
+        ):
+            if not value > 0:
+                raise InvalidRequestError(f"{name} must be > 0 seconds, got {value!r}", field=name)
+        key = api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None)
+        self._key = _Secret(key) if key else None
+        self.base_url = (base_url or os.environ.get("GLMTTS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.model = model
+        self.encode_format = encode_format
+        self.watermark_enabled = watermark_enabled
+        self.first_byte_timeout = first_byte_timeout
+        self.read_timeout = read_timeout
+        self.retry = retry or RetryPolicy()
+        self._own_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=connect_timeout,
+                read=max(first_byte_timeout, read_timeout),
+                write=connect_timeout,
+                pool=connect_timeout,
+            ),
+            limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
+            trust_env=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"CloudEngine(base_url={self.base_url!r}, model={self.model!r}, api_key={self._key!r})"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/audio/speech"
+
+    # -- public API -------------------------------------------------------------------------------
+
+    async def stream(  # type: ignore[override]
+        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    ) -> AsyncIterator[bytes]:
+        """Yield PCM chunks (even lengths) as the server sends them."""
+        validate_request(text, voice=voice, speed=speed, volume=volume)
+        headers = self._headers()
+        for piece in split_text(text, MAX_INPUT_CHARS):
+            if not piece.strip():
+                continue
+            body = self._body(piece, voice, speed, volume, stream=True)
+            async for chunk in self._stream_with_retry(body, headers):
+                yield chunk
+
+    async def synthesize(
+        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    ) -> bytes:
+        """Whole-WAV mode: one non-streaming request per piece of at most 1024 characters."""
+        validate_request(text, voice=voice, speed=speed, volume=volume)
+        headers = self._headers()
+        pcm = bytearray()
+        for piece in split_text(text, MAX_INPUT_CHARS):
+            if piece.strip():
+                body = self._body(piece, voice, speed, volume, stream=False)
+                pcm += await self._with_retry(lambda b=body: self._fetch_wav(b, headers))
+        return pcm_to_wav(bytes(pcm), self.sample_rate)
+
+    async def prewarm(self) -> None:
+        """Open the keep-alive connection now, so the first request skips TCP and TLS set-up."""
+        try:
+            response = await self._client.request("HEAD", self.base_url + "/")
+            await response.aclose()
+        except httpx.HTTPError as exc:
+            logger.warning("prewarm could not reach %s: %s", self.base_url, type(exc).__name__)
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self._client.aclose()
+
+    # -- request plumbing -------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        if self._key is None:
+            raise AuthenticationError(
+                "no GLM-TTS API key: pass api_key=... or set ZAI_API_KEY (or ZHIPUAI_API_KEY)"
+            )
+        return {"Authorization": f"Bearer {self._key.get()}", "Accept": "text/event-stream, audio/wav"}
+
+    def _body(self, text: str, voice: str, speed: float, volume: float, *, stream: bool) -> dict:
+        body: dict = {
+            "model": self.model,
+            "input": text,
+            "voice": voice,
+            "speed": speed,
+            "volume": volume,
+            "stream": stream,
+            "response_format": "pcm" if stream else "wav",
+        }
+        if stream:
+            body["encode_format"] = self.encode_format
+        if self.watermark_enabled is not None:
+            body["watermark_enabled"] = self.watermark_enabled
+        return body
+
+    async def _with_retry(self, attempt_fn):  # type: ignore[no-untyped-def]
+        attempt = 0
+        while True:
+            try:
+                return await attempt_fn()
+            except GLMTTSError as exc:
+                if not self._should_retry(exc, attempt):
+                    raise
+                await self._backoff(exc, attempt)
+                attempt += 1
+
+    async def _stream_with_retry(self, body: dict, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        attempt = 0
+        while True:
+            yielded = False
+            try:
+                async for chunk in self._stream_once(body, headers):
+                    yielded = True
+                    yield chunk
+                return
+            except GLMTTSError as exc:
+                if yielded or not self._should_retry(exc, attempt):
+                    if yielded:
+                        exc.retryable = False
+                    raise
+                await self._backoff(exc, attempt)
+                attempt += 1
+
+    def _should_retry(self, exc: GLMTTSError, attempt: int) -> bool:
+        if not exc.retryable or attempt >= self.retry.max_retries:
+            return False
+        return not (exc.status == 500 and exc.code in (None, "500") and attempt >= 1)
+
+    async def _backoff(self, exc: GLMTTSError, attempt: int) -> None:
+        delay = self.retry.delay(attempt)
+        logger.info("retrying after %s in %.2fs (attempt %d)", type(exc).__name__, delay, attempt + 1)
+        await asyncio.sleep(delay)
+
+    async def _stream_once(self, body: dict, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        decode = _decode_base64 if self.encode_format == "base64" else _decode_hex
+        decoder = SSEDecoder()
+        carry = b""
+        finished = got_audio = False
+        request_id: str | None = None
+        timeout = self.first_byte_timeout
+        async with _translate_errors(self.url, "first byte"):
+            request = self._client.build_request("POST", self.url, json=body, headers=headers)
+            async with asyncio.timeout(timeout):
+                response = await self._client.send(request, stream=True)
+        try:
+            request_id = response.headers.get("x-request-id")
+            if response.status_code != 200:
+                await _raise_for_response(response, request_id)
+            reads = response.aiter_bytes()
+            while True:
+                phase = "read" if got_audio else "first byte"
+                async with _translate_errors(self.url, phase, request_id):
+                    async with asyncio.timeout(timeout):
+                        try:
+                            read = await anext(reads)
+                        except StopAsyncIteration:
+                            break
+                audio = []
+                for payload in decoder.feed(read):
+                    finished, request_id = _handle_event(payload, decode, audio, finished, request_id)
+                if audio:
+                    pcm = carry + (audio[0] if len(audio) == 1 else b"".join(audio))
+                    cut = len(pcm) & ~1
+                    carry = pcm[cut:]
+                    if cut:
+                        got_audio = True
+                        timeout = self.read_timeout
+                        yield pcm[:cut]
+            for payload in decoder.close():
+                audio = []
+                finished, request_id = _handle_event(payload, decode, audio, finished, request_id)
+                pcm = carry + b"".join(audio)
+                carry = pcm[len(pcm) & ~1 :]
+                if len(pcm) > 1:
+                    yield pcm[: len(pcm) & ~1]
+            if not finished:
+                raise TruncatedStreamError(
+                    "the audio stream ended without finish_reason 'stop'; the utterance is incomplete",
+                    request_id=request_id,
+                )
+        finally:
+            await response.aclose()
+
+    async def _fetch_wav(self, body: dict, headers: dict[str, str]) -> bytes:
+        async with _translate_errors(self.url, "first byte"):
+            async with asyncio.timeout(self.first_byte_timeout + self.read_timeout):
+                response = await self._client.post(self.url, json=body, headers=headers)
+        request_id = response.headers.get("x-request-id")
+        if response.status_code != 200:
+            await _raise_for_response(response, request_id)
+        try:
+            pcm, rate, channels = wav_to_pcm(response.content)
+        except ValueError as exc:
+            raise ServerError(f"the server sent an unreadable WAV: {exc}", request_id=request_id) from None
+        if rate != self.sample_rate or channels != 1:
+            raise ServerError(
+                f"expected {self.sample_rate} Hz mono, got {rate} Hz with {channels} channels",
+                request_id=request_id,
+            )
+        return pcm
+
+
+def _decode_base64(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def _decode_hex(data: str) -> bytes:
+    return bytes.fromhex(data)
+
+
+def _handle_event(
+    payload: bytes, decode, audio: list[bytes], finished: bool, request_id: str | None
+) -> tuple[bool, str | None]:
+    """Apply one SSE event: collect its audio, note the finish, raise an in-stream error."""
+    if payload.strip() == b"[DONE]":
+        return finished, request_id
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise ServerError("the server sent an event that is not JSON", request_id=request_id) from None
+    if not isinstance(event, dict):
+        return finished, request_id
+    request_id = event.get("request_id") or event.get("id") or request_id
+    error = event.get("error")
+    if error:
+        err = error if isinstance(error, dict) else {"message": str(error)}
+        raise error_from_code(None, err.get("code"), err.get("message"), request_id=request_id)
+    for choice in event.get("choices") or ():
+        content = (choice.get("delta") or {}).get("content")
+        if content:
+            try:
+                audio.append(decode(content))
+            except (binascii.Error, ValueError):
+                message = "the server sent audio that does not decode"
+                raise ServerError(message, request_id=request_id) from None
+        if choice.get("finish_reason") == "stop":
+            finished = True
+    return finished, request_id
+
+
+async def _raise_for_response(response: httpx.Response, request_id: str | None) -> None:
+    body = await response.aread()
+    code = message = None
+    try:
+        error = json.loads(body).get("error") or {}
+        code, message = error.get("code"), error.get("message")
+    except (ValueError, AttributeError):
+        message = body[:200].decode("utf-8", "replace") or None
+    raise error_from_code(
+        response.status_code, code, message or f"HTTP {response.status_code}", request_id=request_id
+    )
+
+
+class _translate_errors:
+    """Map httpx and timeout failures to the package's errors, naming the phase that failed."""
+
+    __slots__ = ("phase", "request_id", "url")
+
+    def __init__(self, url: str, phase: str, request_id: str | None = None) -> None:
+        self.url, self.phase, self.request_id = url, phase, request_id
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        if exc is None or isinstance(exc, GLMTTSError):
+            return False
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            message = f"{self.phase} timeout from {self.url}"
+            raise APITimeoutError(message, request_id=self.request_id) from None
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and self.phase == "read":
+            raise TruncatedStreamError(
+                f"the connection to {self.url} broke mid-stream ({type(exc).__name__})",
+                request_id=self.request_id,
+            ) from None
+        if isinstance(exc, httpx.HTTPError):
+            raise APIConnectionError(
+                f"connection to {self.url} failed: {type(exc).__name__}", request_id=self.request_id
+            ) from None
+        return False

@@ -1,0 +1,360 @@
+"""The local server's ASGI app: the cloud's ``POST /api/paas/v4/audio/speech``, from any engine.
+
+Built on Starlette (routing, requests) with a hand-written streaming response, because tests need to
+know exactly when the client went away: the response races the audio against ``http.disconnect``, and
+every request leaves a :class:`RequestRecord` saying how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import secrets
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ..audio.wav import pcm_to_wav
+from ..engines.base import SAMPLE_RATE, Engine
+from ..errors import GLMTTSError, InvalidRequestError
+from ..text.limit import MAX_INPUT_CHARS
+from ..voices import VOICES
+from .faults import FAULT_HEADER, Faults
+
+__all__ = ["MAX_BODY_BYTES", "RequestRecord", "ServerState", "create_app"]
+
+logger = logging.getLogger("glmtts_plugins.server")
+
+MAX_BODY_BYTES = 64 * 1024
+CLOUD_PATH = "/api/paas/v4/audio/speech"
+
+
+class AbortConnection(Exception):
+    """Raised inside a response to drop the TCP connection mid-stream (fault injection)."""
+
+
+@dataclass
+class RequestRecord:
+    """What the server saw of one request; tests read these to prove client behaviour."""
+
+    id: str
+    path: str
+    body: dict = field(default_factory=dict)
+    fault: str = ""
+    status: int = 200
+    code: str | None = None
+    events: int = 0
+    audio_bytes: int = 0
+    outcome: str = "running"  # completed | disconnected | aborted | error | rejected
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def finish(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.ended = time.monotonic()
+        self.done.set()
+
+
+@dataclass
+class ServerState:
+    """Per-app state: the engine, auth, default faults and the log of requests."""
+
+    engine: Engine
+    tokens: frozenset[str] | None = None
+    faults: Faults = field(default_factory=Faults)
+    voices: Collection[str] = field(default_factory=lambda: tuple(VOICES))
+    records: list[RequestRecord] = field(default_factory=list)
+    #: ``(method, path, client port)`` of every HTTP request, to show connection reuse.
+    requests_seen: list[tuple[str, str, int]] = field(default_factory=list)
+    _fault_counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, path: str) -> RequestRecord:
+        rec = RequestRecord(id=secrets.token_hex(8), path=path)
+        with self._lock:
+            self.records.append(rec)
+        return rec
+
+    def take_failure(self, faults: Faults, spec: str) -> bool:
+        """Whether this request gets the injected HTTP error (honouring ``times``)."""
+        if not faults.status and not faults.code:
+            return False
+        if faults.times < 0:
+            return True
+        with self._lock:
+            used = self._fault_counts.get(spec, 0)
+            self._fault_counts[spec] = used + 1
+        return used < faults.times
+
+
+def _error(status: int, code: str, message: str, rec: RequestRecord) -> JSONResponse:
+    rec.status, rec.code = status, code
+    rec.finish("rejected")
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers={"X-Request-Id": rec.id}
+    )
+
+
+def _check_body(body: object, voices: Collection[str]) -> tuple[int, str, str] | None:
+    """Validate like the cloud does; return ``(status, code, message)`` for the first problem."""
+    if not isinstance(body, dict):
+        return 400, "1210", "request body must be a JSON object"
+    if "model" not in body:
+        return 400, "1213", "missing parameter: model"
+    if body["model"] != "glm-tts":
+        return 400, "1211", f"model does not exist: {body['model']!r}"
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        return 400, "1213", "missing parameter: input"
+    if len(text) > MAX_INPUT_CHARS:
+        return 400, "1261", f"input is longer than {MAX_INPUT_CHARS} characters"
+    voice = body.get("voice", "tongtong")
+    if voice not in voices:
+        return 400, "1214", "音色id不存在 (unknown voice)"
+    for name, lo, hi, lo_open in (("speed", 0.5, 2.0, False), ("volume", 0.0, 10.0, True)):
+        value = body.get(name, 1.0)
+        if value is None:
+            continue
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or value > hi or value < lo or (lo_open and value <= lo):
+            return 400, "1214", f"illegal parameter: {name}"
+    fmt = body.get("response_format") or "pcm"
+    if fmt not in ("pcm", "wav"):
+        return 400, "1214", "illegal parameter: response_format"
+    if body.get("stream") and fmt != "pcm":
+        return 400, "1214", "streaming supports response_format pcm only"
+    if (body.get("encode_format") or "base64") not in ("base64", "hex"):
+        return 400, "1214", "illegal parameter: encode_format"
+    return None
+
+
+async def _rechunk(source: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    pending = bytearray()
+    async for chunk in source:
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
+
+
+class SSEAudioResponse(Response):
+    """Streams an engine's audio as the cloud's SSE events, watching for the client going away."""
+
+    def __init__(
+        self, audio: AsyncIterator[bytes], *, faults: Faults, encode: str, rec: RequestRecord
+    ) -> None:
+        super().__init__(media_type="text/event-stream")
+        self.audio, self.faults, self.encode, self.rec = audio, faults, encode, rec
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-request-id", rec.id.encode()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        producer = asyncio.ensure_future(self._produce(send))
+        watcher = asyncio.ensure_future(self._watch(receive))
+        try:
+            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (producer, watcher):
+                task.cancel()
+            await asyncio.gather(producer, watcher, return_exceptions=True)
+            aclose = getattr(self.audio, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+            if self.rec.outcome == "running":
+                self.rec.finish("disconnected")
+            return
+        if producer.done() and not producer.cancelled() and producer.exception() is not None:
+            raise producer.exception()  # type: ignore[misc]
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def _write(self, send: Send, data: bytes) -> None:
+        if not self.faults.split:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            return
+        while data:
+            n = random.randint(1, 7)
+            await send({"type": "http.response.body", "body": data[:n], "more_body": True})
+            data = data[n:]
+            await asyncio.sleep(0)
+
+    def _event(self, obj: dict, *, last: bool = False) -> bytes:
+        eol = self.faults.eol
+        head = b": keep-alive" + eol + eol if self.faults.comments else b""
+        extra = b"event: message" + eol + b"id: %d" % self.rec.events + eol if self.faults.comments else b""
+        tail = b"" if last and self.faults.no_trailing_newline else eol + eol
+        return head + extra + b"data: " + json.dumps(obj, ensure_ascii=False).encode() + tail
+
+    async def _produce(self, send: Send) -> None:
+        f, rec = self.faults, self.rec
+        created = int(time.time())
+        base = {"id": rec.id, "created": created, "model": "glm-tts"}
+        audio = _rechunk(self.audio, f.chunk_bytes) if f.chunk_bytes > 0 else self.audio
+        t0 = None
+        sent_seconds = 0.0
+        try:
+            if f.first_byte_ms:
+                await asyncio.sleep(f.first_byte_ms / 1000)
+            async for chunk in audio:
+                if rec.events == f.disconnect_after:
+                    raise AbortConnection
+                if rec.events == f.error_after:
+                    rec.code = f.error_code
+                    error = {"error": {"code": f.error_code, "message": "injected error"}}
+                    await self._write(send, self._event(error, last=True))
+                    break
+                if t0 is None:
+                    t0 = time.monotonic()
+                if f.rtf > 0:
+                    delay = t0 + sent_seconds * f.rtf - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                elif f.chunk_ms and rec.events:
+                    await asyncio.sleep(f.chunk_ms / 1000)
+                sent_seconds += len(chunk) / (2 * SAMPLE_RATE)
+                if f.stamp and len(chunk) >= 8:
+                    chunk = struct.pack("<Q", time.monotonic_ns()) + chunk[8:]
+                content = base64.b64encode(chunk).decode() if self.encode == "base64" else chunk.hex()
+                delta = {"role": "assistant", "return_sample_rate": SAMPLE_RATE, "content": content}
+                event = {**base, "choices": [{"index": rec.events, "delta": delta}]}
+                await self._write(send, self._event(event))
+                rec.events += 1
+                rec.audio_bytes += len(chunk)
+            else:
+                if not f.no_finish:
+                    final = {"choices": [{"finish_reason": "stop", "index": rec.events}], **base}
+                    await self._write(send, self._event(final, last=not f.done))
+                if f.done:
+                    await self._write(send, b"data: [DONE]" + (b"" if f.no_trailing_newline else f.eol * 2))
+        except AbortConnection:
+            rec.finish("aborted")
+            raise
+        except GLMTTSError as exc:
+            code = exc.code or ("1214" if isinstance(exc, InvalidRequestError) else "500")
+            rec.code = code
+            await self._write(send, self._event({"error": {"code": code, "message": exc.message}}, last=True))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        rec.finish("error" if rec.code else "completed")
+
+
+async def _speech(request: Request) -> Response:
+    state: ServerState = request.app.state.glmtts
+    rec = state.record(request.url.path)
+    auth = request.headers.get("authorization", "")
+    if not auth.lower().startswith("bearer ") or not auth[7:].strip():
+        return _error(401, "1001", "Header中未收到Authorization参数，无法进行身份验证。", rec)
+    if state.tokens is not None and auth[7:].strip() not in state.tokens:
+        return _error(401, "1002", "Authorization Token非法，请确认Authorization Token正确传递。", rec)
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return _error(413, "1210", f"request body over {MAX_BODY_BYTES} bytes", rec)
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            return _error(413, "1210", f"request body over {MAX_BODY_BYTES} bytes", rec)
+    spec = request.headers.get(FAULT_HEADER, "")
+    rec.fault = spec
+    try:
+        faults = Faults.parse(spec, state.faults)
+    except ValueError as exc:
+        return _error(400, "1210", f"bad {FAULT_HEADER}: {exc}", rec)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _error(400, "1210", "request body is not valid JSON", rec)
+    rec.body = body if isinstance(body, dict) else {}
+    problem = _check_body(body, state.voices)
+    if problem:
+        return _error(*problem, rec)
+    if state.take_failure(faults, spec or "<server>"):
+        return _error(faults.status or 429, faults.code or "1302", "injected failure", rec)
+    kwargs = {
+        "voice": body.get("voice", "tongtong"),
+        "speed": float(body.get("speed") or 1.0),
+        "volume": float(body.get("volume") or 1.0),
+    }
+    if body.get("stream"):
+        audio = state.engine.stream(body["input"], **kwargs)
+        return SSEAudioResponse(audio, faults=faults, encode=body.get("encode_format") or "base64", rec=rec)
+    try:
+        pcm = bytearray()
+        async for chunk in state.engine.stream(body["input"], **kwargs):
+            pcm += chunk
+    except GLMTTSError as exc:
+        return _error(exc.status or 500, exc.code or "500", exc.message, rec)
+    if faults.first_byte_ms:
+        await asyncio.sleep(faults.first_byte_ms / 1000)
+    rec.audio_bytes = len(pcm)
+    rec.finish("completed")
+    if body.get("response_format") == "wav":
+        data, media = pcm_to_wav(bytes(pcm), SAMPLE_RATE), "audio/wav"
+    else:
+        data, media = bytes(pcm), "audio/pcm"
+    return Response(data, media_type=media, headers={"X-Request-Id": rec.id})
+
+
+async def _health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+class _SeenMiddleware:
+    """Notes each request's client port, so tests can tell a reused connection from a new one."""
+
+    def __init__(self, app: Starlette, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client") or ("", 0)
+            self.state.requests_seen.append((scope["method"], scope["path"], client[1]))
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    engine: Engine,
+    *,
+    tokens: Collection[str] | None = None,
+    faults: Faults | str | None = None,
+    voices: Collection[str] | None = None,
+) -> Starlette:
+    """Build the ASGI app serving ``engine`` with the cloud's protocol.
+
+    ``tokens``: accepted bearer tokens (None accepts any non-empty key, like a dev server).
+    ``faults``: faults applied to every request (a request's ``X-GLMTTS-Fault`` header adds to them).
+    """
+    app = Starlette(
+        routes=[
+            Route(CLOUD_PATH, _speech, methods=["POST"]),
+            Route("/health", _health, methods=["GET"]),
+        ]
+    )
+    app.state.glmtts = state = ServerState(
+        engine=engine,
+        tokens=frozenset(tokens) if tokens is not None else None,
+        faults=faults if isinstance(faults, Faults) else Faults.parse(faults),
+        voices=tuple(voices) if voices is not None else tuple(VOICES),
+    )
+    app.add_middleware(_SeenMiddleware, state=state)
+    return app

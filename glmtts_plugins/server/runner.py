@@ -1,0 +1,155 @@
+"""Run the local server: in a background thread (tests, the demo) or in the foreground (``glmtts serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+
+from ..engines.base import Engine
+from .app import CLOUD_PATH, AbortConnection, RequestRecord, ServerState, create_app
+from .faults import Faults
+
+__all__ = ["LocalServer", "check_bind", "serve"]
+
+
+class _DropInjectedAborts(logging.Filter):
+    """Injected disconnects are intended; keep them out of uvicorn's error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, AbortConnection)
+
+
+logging.getLogger("uvicorn.error").addFilter(_DropInjectedAborts())
+
+
+def check_bind(host: str, tokens: Collection[str] | None) -> None:
+    """Refuse to expose an unauthenticated server beyond loopback."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not tokens:
+        raise ValueError(
+            f"refusing to listen on {host} without a bearer token: pass --token (or GLMTTS_SERVER_TOKEN), "
+            "or bind 127.0.0.1"
+        )
+
+
+class LocalServer:
+    """The cloud-compatible server on a free loopback port, in a thread with its own event loop.
+
+    ``base_url`` is what a ``CloudEngine`` (or the official SDK) takes; ``records`` lists every request
+    the server saw and how it ended, so tests can prove what happened on the wire.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: Collection[str] | None = None,
+        faults: Faults | str | None = None,
+        voices: Collection[str] | None = None,
+    ) -> None:
+        check_bind(host, tokens)
+        if engine is None:
+            from ..engines.offline import OfflineEngine
+
+            engine = OfflineEngine()
+        self.app = create_app(engine, tokens=tokens, faults=faults, voices=voices)
+        self._host, self._port = host, port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def state(self) -> ServerState:
+        return self.app.state.glmtts
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        return self.state.records
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}{CLOUD_PATH.rsplit('/audio/', 1)[0]}"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    def start(self) -> Self:
+        sock = socket.socket(socket.AF_INET6 if ":" in self._host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[sock])),  # type: ignore[union-attr]
+            name=f"glmtts-server-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the local server did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> bool:
+        """Poll ``predicate`` until true or ``within`` seconds pass; returns its last value."""
+        deadline = time.monotonic() + within
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+
+def serve(
+    engine: Engine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tokens: Collection[str] | None = None,
+    faults: str | None = None,
+) -> None:
+    """Serve in the foreground until interrupted (``glmtts serve``)."""
+    check_bind(host, tokens)
+    app = create_app(engine, tokens=tokens, faults=faults)
+    uvicorn.run(app, host=host, port=port, log_level="info")
