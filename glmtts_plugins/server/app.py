@@ -204,7 +204,8 @@ class SSEAudioResponse(Response):
         head = b": keep-alive" + eol + eol if self.faults.comments else b""
         extra = b"event: message" + eol + b"id: %d" % self.rec.events + eol if self.faults.comments else b""
         tail = b"" if last and self.faults.no_trailing_newline else eol + eol
-        return head + extra + b"data: " + json.dumps(obj, ensure_ascii=False).encode() + tail
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        return head + extra + b"data: " + data + tail
 
     async def _produce(self, send: Send) -> None:
         f, rec = self.faults, self.rec

@@ -1,0 +1,58 @@
+"""A local server in its own process (so its CPU is not charged to the client being measured)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(faults: str = "", engine: str = "tone") -> Iterator[str]:
+    """Run ``python -m bench._server`` and yield its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench._server", str(port), engine, faults])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("bench server did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/api/paas/v4"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    from glmtts_plugins.server import serve
+    from glmtts_plugins.testing import ToneEngine
+
+    port, engine_name, faults = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    if engine_name == "tone":
+        engine = ToneEngine(ms_per_char=40, chunk_bytes=960)
+    else:
+        from glmtts_plugins import OfflineEngine
+
+        engine = OfflineEngine()
+    import logging
+
+    logging.disable(logging.INFO)
+    serve(engine, port=port, tokens=[TOKEN], faults=faults or None)
