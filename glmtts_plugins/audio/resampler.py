@@ -23,7 +23,8 @@ Streaming contract (like python-soxr's ``ResampleStream``, but explicit about th
   returns every output sample that its input already determines; chunked output is bit-identical to
   whole-buffer output.
 - ``flush()`` ends the stream: it returns the tail the filter still holds, so the total output length is
-  exactly ``round(total_input * out_rate / in_rate)`` samples, and leaves the resampler ready for a new stream.
+  exactly ``round(total_input * out_rate / in_rate)`` samples, and leaves the resampler ready for a new
+  stream.
 - ``reset()`` drops all state without output (use it on interruption: nothing stale is carried over).
 """
 
