@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,8 @@ logger = logging.getLogger("glmtts_plugins.cloud")
 DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 KEY_ENV_VARS = ("ZAI_API_KEY", "ZHIPUAI_API_KEY")
 ENCODE_FORMATS = ("base64", "hex")
+DRAIN_TIMEOUT = 0.25
+_ACCEPT = {"Accept": "text/event-stream, audio/wav"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,20 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0.0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds the key at send time, so no header dict holding it lives in our frames' locals."""
+
+    def __init__(self, key: _Secret) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "_BearerAuth('***')"
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        request.headers["Authorization"] = "Bearer " + self._key.get()
+        yield request
 
 
 class _Secret:
@@ -109,6 +126,7 @@ class CloudEngine(BaseEngine):
                 raise InvalidRequestError(f"{name} must be > 0 seconds, got {value!r}", field=name)
         key = api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None)
         self._key = _Secret(key) if key else None
+        self._auth = _BearerAuth(self._key) if self._key else None
         self.base_url = (base_url or os.environ.get("GLMTTS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.model = model
         self.encode_format = encode_format
@@ -142,25 +160,26 @@ class CloudEngine(BaseEngine):
     ) -> AsyncIterator[bytes]:
         """Yield PCM chunks (even lengths) as the server sends them."""
         validate_request(text, voice=voice, speed=speed, volume=volume)
-        headers = self._headers()
+        self._require_key()
         for piece in split_text(text, MAX_INPUT_CHARS):
             if not piece.strip():
                 continue
             body = self._body(piece, voice, speed, volume, stream=True)
-            async for chunk in self._stream_with_retry(body, headers):
-                yield chunk
+            async with contextlib.aclosing(self._stream_with_retry(body)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     async def synthesize(
         self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
     ) -> bytes:
         """Whole-WAV mode: one non-streaming request per piece of at most 1024 characters."""
         validate_request(text, voice=voice, speed=speed, volume=volume)
-        headers = self._headers()
+        self._require_key()
         pcm = bytearray()
         for piece in split_text(text, MAX_INPUT_CHARS):
             if piece.strip():
                 body = self._body(piece, voice, speed, volume, stream=False)
-                pcm += await self._with_retry(lambda b=body: self._fetch_wav(b, headers))
+                pcm += await self._with_retry(lambda b=body: self._fetch_wav(b))
         return pcm_to_wav(bytes(pcm), self.sample_rate)
 
     async def prewarm(self) -> None:
@@ -177,12 +196,11 @@ class CloudEngine(BaseEngine):
 
     # -- request plumbing -------------------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
+    def _require_key(self) -> None:
         if self._key is None:
             raise AuthenticationError(
                 "no GLM-TTS API key: pass api_key=... or set ZAI_API_KEY (or ZHIPUAI_API_KEY)"
             )
-        return {"Authorization": f"Bearer {self._key.get()}", "Accept": "text/event-stream, audio/wav"}
 
     def _body(self, text: str, voice: str, speed: float, volume: float, *, stream: bool) -> dict:
         body: dict = {
@@ -211,14 +229,15 @@ class CloudEngine(BaseEngine):
                 await self._backoff(exc, attempt)
                 attempt += 1
 
-    async def _stream_with_retry(self, body: dict, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    async def _stream_with_retry(self, body: dict) -> AsyncIterator[bytes]:
         attempt = 0
         while True:
             yielded = False
             try:
-                async for chunk in self._stream_once(body, headers):
-                    yielded = True
-                    yield chunk
+                async with contextlib.aclosing(self._stream_once(body)) as chunks:
+                    async for chunk in chunks:
+                        yielded = True
+                        yield chunk
                 return
             except GLMTTSError as exc:
                 if yielded or not self._should_retry(exc, attempt):
@@ -238,32 +257,45 @@ class CloudEngine(BaseEngine):
         logger.info("retrying after %s in %.2fs (attempt %d)", type(exc).__name__, delay, attempt + 1)
         await asyncio.sleep(delay)
 
-    async def _stream_once(self, body: dict, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    async def _open(self, body: dict, deadline: float) -> httpx.Response:
+        """Send the request and wait for the response head, within the first-byte deadline."""
+        async with _translate_errors(self.url, "first byte"), asyncio.timeout_at(deadline):
+            request = self._client.build_request("POST", self.url, json=body, headers=_ACCEPT)
+            response = await self._client.send(request, auth=self._auth, stream=True)
+        if response.status_code != 200 or response.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            try:
+                async with _translate_errors(self.url, "first byte"), asyncio.timeout_at(deadline):
+                    await _raise_for_response(response)
+            finally:
+                await response.aclose()
+        return response
+
+    async def _stream_once(self, body: dict) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         decode = _decode_base64 if self.encode_format == "base64" else _decode_hex
         decoder = SSEDecoder()
         carry = b""
         finished = got_audio = False
-        request_id: str | None = None
-        timeout = self.first_byte_timeout
-        async with _translate_errors(self.url, "first byte"):
-            request = self._client.build_request("POST", self.url, json=body, headers=headers)
-            async with asyncio.timeout(timeout):
-                response = await self._client.send(request, stream=True)
+        # One deadline for the first audio (keep-alives do not extend it); after that, each piece of
+        # audio re-arms the read deadline.
+        deadline = loop.time() + self.first_byte_timeout
+        response = await self._open(body, deadline)
+        request_id: str | None = response.headers.get("x-request-id")
         try:
-            request_id = response.headers.get("x-request-id")
-            if response.status_code != 200:
-                await _raise_for_response(response, request_id)
             reads = response.aiter_raw()
-            while True:
+            ended = False
+            while not finished and not ended:
                 phase = "read" if got_audio else "first byte"
-                async with _translate_errors(self.url, phase, request_id):
-                    async with asyncio.timeout(timeout):
-                        try:
-                            read = await anext(reads)
-                        except StopAsyncIteration:
-                            break
-                audio = []
-                for payload in decoder.feed(read):
+                async with _translate_errors(self.url, phase, request_id), asyncio.timeout_at(deadline):
+                    try:
+                        payloads = decoder.feed(await anext(reads))
+                    except StopAsyncIteration:
+                        # The last event may lack its trailing newline.
+                        payloads, ended = decoder.close(), True
+                audio: list[bytes] = []
+                for payload in payloads:
                     finished, request_id = _handle_event(payload, decode, audio, finished, request_id)
                 if audio:
                     pcm = carry + (audio[0] if len(audio) == 1 else b"".join(audio))
@@ -271,32 +303,35 @@ class CloudEngine(BaseEngine):
                     carry = pcm[cut:]
                     if cut:
                         got_audio = True
-                        timeout = self.read_timeout
+                        deadline = loop.time() + self.read_timeout
                         yield pcm[:cut]
-            for payload in decoder.close():
-                audio = []
-                finished, request_id = _handle_event(payload, decode, audio, finished, request_id)
-                pcm = carry + b"".join(audio)
-                carry = pcm[len(pcm) & ~1 :]
-                if len(pcm) > 1:
-                    yield pcm[: len(pcm) & ~1]
             if not finished:
                 raise TruncatedStreamError(
                     "the audio stream ended without finish_reason 'stop'; the utterance is incomplete",
                     request_id=request_id,
                 )
+            if not ended:
+                # Read the end of the body (normally already here) so the connection goes back to the
+                # pool; a server that lingers after "stop" only costs the connection, never an error.
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        async for _ in reads:
+                            pass
         finally:
             await response.aclose()
 
-    async def _fetch_wav(self, body: dict, headers: dict[str, str]) -> bytes:
-        async with _translate_errors(self.url, "first byte"):
-            async with asyncio.timeout(self.first_byte_timeout + self.read_timeout):
-                response = await self._client.post(self.url, json=body, headers=headers)
+    async def _fetch_wav(self, body: dict) -> bytes:
+        loop = asyncio.get_running_loop()
+        response = await self._open(body, loop.time() + self.first_byte_timeout)
         request_id = response.headers.get("x-request-id")
-        if response.status_code != 200:
-            await _raise_for_response(response, request_id)
         try:
-            pcm, rate, channels = wav_to_pcm(response.content)
+            # The body of a long text takes a while: bounded per read by the client's read timeout.
+            async with _translate_errors(self.url, "read", request_id):
+                data = await response.aread()
+        finally:
+            await response.aclose()
+        try:
+            pcm, rate, channels = wav_to_pcm(data)
         except ValueError as exc:
             raise ServerError(f"the server sent an unreadable WAV: {exc}", request_id=request_id) from None
         if rate != self.sample_rate or channels != 1:
@@ -307,15 +342,15 @@ class CloudEngine(BaseEngine):
         return pcm
 
 
-_CONTENT_KEY = b'"content"'
-
-
 def _decode_base64(data: str | bytes) -> bytes:
-    return binascii.a2b_base64(data)
+    return binascii.a2b_base64(data, strict_mode=True)
 
 
 def _decode_hex(data: str | bytes) -> bytes:
     return bytes.fromhex(data.decode() if isinstance(data, bytes) else data)
+
+
+_CONTENT_KEY = b'"content"'
 
 
 def _handle_event(
@@ -368,7 +403,8 @@ def _handle_event(
     return finished, request_id
 
 
-async def _raise_for_response(response: httpx.Response, request_id: str | None) -> None:
+async def _raise_for_response(response: httpx.Response) -> None:
+    request_id = response.headers.get("x-request-id")
     body = await response.aread()
     code = message = None
     try:

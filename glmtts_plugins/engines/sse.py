@@ -23,9 +23,10 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume one read; return the payloads of the events it completed."""
-        if self._skip_lf and chunk[:1] == b"\n":
-            chunk = chunk[1:]
-        self._skip_lf = False
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         if not chunk:
             return []
         end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
@@ -41,7 +42,7 @@ class SSEDecoder:
             complete = chunk[: end + 1]
             self._buf += chunk[end + 1 :]
         # A CR that ends the read may be the first half of a CRLF.
-        self._skip_lf = complete.endswith(b"\r")
+        self._skip_lf = chunk.endswith(b"\r")
         events: list[bytes] = []
         for line in complete.splitlines():
             self._line(line, events)
