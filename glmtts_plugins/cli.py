@@ -66,7 +66,7 @@ def _has_key() -> bool:
 def _make_engine(name: str | None, base_url: str | None) -> BaseEngine:
     if name is None:
         name = "cloud" if _has_key() or base_url else "offline"
-        reason = "a key is set" if name == "cloud" else "no key set"
+        reason = "no key set" if name == "offline" else "a key is set" if _has_key() else "--base-url given"
         print(f"engine: {name} ({reason})", file=sys.stderr)
     if name == "cloud":
         if not _has_key():
@@ -135,7 +135,14 @@ def _serve(args: argparse.Namespace) -> None:
     else:
         engine = _make_engine("cloud", args.upstream)
     try:
-        serve(engine, host=args.host, port=args.port, tokens=tokens, faults=args.fault)
+        serve(
+            engine,
+            host=args.host,
+            port=args.port,
+            tokens=tokens,
+            faults=args.fault,
+            fault_header=args.fault_header,
+        )
     except ValueError as exc:
         raise SystemExit(f"glmtts: {exc}") from None
 
@@ -166,6 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", help="with --engine cloud: the upstream base URL")
     serve.add_argument("--token", default=os.environ.get("GLMTTS_SERVER_TOKEN"), help="required bearer token")
     serve.add_argument("--fault", help="faults for every request, e.g. 'first_byte_ms=300;rtf=0.5'")
+    serve.add_argument(
+        "--fault-header", action="store_true", help="let clients inject faults with X-GLMTTS-Fault (testing)"
+    )
 
     sub.add_parser("voices", help="list the voice ids")
 

@@ -329,3 +329,30 @@ def test_cloud_engine_defaults(monkeypatch) -> None:
     assert engine.url == "https://open.bigmodel.cn/api/paas/v4/audio/speech"
     assert engine.sample_rate == 24000
     assert os.environ.get("GLMTTS_BASE_URL") is None
+
+
+async def test_key_not_in_traceback_locals(server) -> None:
+    async with CloudEngine(api_key="wrong-" + API_KEY, base_url=server.base_url) as cloud:
+        for call in (lambda: collect(cloud), lambda: cloud.synthesize(TEXT)):
+            with pytest.raises(AuthenticationError) as info:
+                await call()
+            text = "".join(
+                traceback.TracebackException.from_exception(info.value, capture_locals=True).format()
+            )
+            assert API_KEY not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "whole"),
+    [
+        ("a" * 1021 + " 3.14 end", 1024, "3.14"),
+        ("好" * 1020 + "是3,268.50元", 1024, "3,268.50"),
+        ("x" * 1018 + " v1.2.3.4 rest", 1024, "v1.2.3.4"),
+    ],
+)
+def test_split_never_cuts_a_number_or_code(text: str, limit: int, whole: str) -> None:
+    from glmtts_plugins.text import split_text
+
+    pieces = split_text(text, limit)
+    assert "".join(pieces) == text and all(len(p) <= limit for p in pieces)
+    assert any(whole in p for p in pieces)

@@ -46,6 +46,12 @@ def test_bad_fields_get_the_clouds_codes(http: httpx.Client, change: dict, statu
     assert error["code"] == code and isinstance(error["code"], str) and error["message"]
 
 
+def test_nan_is_an_illegal_value(http: httpx.Client) -> None:
+    body = b'{"model":"glm-tts","input":"x","voice":"tongtong","speed":NaN,"response_format":"wav"}'
+    response = http.post("/audio/speech", content=body, headers={"Content-Type": "application/json"})
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "1214")
+
+
 def test_exactly_1024_characters_is_accepted(http: httpx.Client) -> None:
     assert http.post("/audio/speech", json={**GOOD, "input": "好" * 1024}).status_code == 200
 

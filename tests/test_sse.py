@@ -63,3 +63,15 @@ def test_line_over_one_megabyte_in_small_reads() -> None:
     for i in range(0, len(stream), 1000):
         got += dec.feed(stream[i : i + 1000])
     assert got + dec.close() == [payload, b"{}"]
+
+
+def test_mixed_line_ends_with_cr_inside_a_read() -> None:
+    dec = SSEDecoder()
+    got = dec.feed(b"data: a\r\rdata: b") + dec.feed(b"\ndata: c\n\n") + dec.close()
+    assert got == [b"a", b"b\nc"]
+
+
+def test_empty_read_between_cr_and_lf() -> None:
+    dec = SSEDecoder()
+    got = dec.feed(b"data: a\r") + dec.feed(b"") + dec.feed(b"\ndata: b\n\n") + dec.close()
+    assert got == [b"a\nb"]

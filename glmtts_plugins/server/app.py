@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
 import logging
+import math
 import random
 import secrets
 import struct
@@ -37,6 +39,7 @@ __all__ = ["MAX_BODY_BYTES", "RequestRecord", "ServerState", "create_app"]
 logger = logging.getLogger("glmtts_plugins.server")
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_RECORDS = 10_000
 CLOUD_PATH = "/api/paas/v4/audio/speech"
 
 
@@ -75,6 +78,7 @@ class ServerState:
     tokens: frozenset[str] | None = None
     faults: Faults = field(default_factory=Faults)
     voices: Collection[str] = field(default_factory=lambda: tuple(VOICES))
+    fault_header: bool = True
     records: list[RequestRecord] = field(default_factory=list)
     #: ``(method, path, client port)`` of every HTTP request, to show connection reuse.
     requests_seen: list[tuple[str, str, int]] = field(default_factory=list)
@@ -84,6 +88,9 @@ class ServerState:
     def record(self, path: str) -> RequestRecord:
         rec = RequestRecord(id=secrets.token_hex(8), path=path)
         with self._lock:
+            if len(self.records) >= MAX_RECORDS:  # a long-running server keeps only recent history
+                del self.records[: MAX_RECORDS // 2]
+                del self.requests_seen[: len(self.requests_seen) // 2]
             self.records.append(rec)
         return rec
 
@@ -127,7 +134,7 @@ def _check_body(body: object, voices: Collection[str]) -> tuple[int, str, str] |
         value = body.get(name, 1.0)
         if value is None:
             continue
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or value > hi or value < lo or (lo_open and value <= lo):
             return 400, "1214", f"illegal parameter: {name}"
     fmt = body.get("response_format") or "pcm"
@@ -265,7 +272,8 @@ async def _speech(request: Request) -> Response:
     auth = request.headers.get("authorization", "")
     if not auth.lower().startswith("bearer ") or not auth[7:].strip():
         return _error(401, "1001", "Header中未收到Authorization参数，无法进行身份验证。", rec)
-    if state.tokens is not None and auth[7:].strip() not in state.tokens:
+    given = auth[7:].strip().encode()
+    if state.tokens is not None and not any(hmac.compare_digest(given, t.encode()) for t in state.tokens):
         return _error(401, "1002", "Authorization Token非法，请确认Authorization Token正确传递。", rec)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -275,7 +283,7 @@ async def _speech(request: Request) -> Response:
         raw += part
         if len(raw) > MAX_BODY_BYTES:
             return _error(413, "1210", f"request body over {MAX_BODY_BYTES} bytes", rec)
-    spec = request.headers.get(FAULT_HEADER, "")
+    spec = request.headers.get(FAULT_HEADER, "") if state.fault_header else ""
     rec.fault = spec
     try:
         faults = Faults.parse(spec, state.faults)
@@ -290,7 +298,9 @@ async def _speech(request: Request) -> Response:
     if problem:
         return _error(*problem, rec)
     if state.take_failure(faults, spec or "<server>"):
-        return _error(faults.status or 429, faults.code or "1302", "injected failure", rec)
+        status = faults.status or (429 if faults.code in ("1302", "1303", "1113", "1304", "1308") else 400)
+        code = faults.code or {401: "1002", 429: "1302"}.get(status, "500" if status >= 500 else "1210")
+        return _error(status, code, "injected failure", rec)
     kwargs = {
         "voice": body.get("voice", "tongtong"),
         "speed": float(body.get("speed") or 1.0),
@@ -339,11 +349,13 @@ def create_app(
     tokens: Collection[str] | None = None,
     faults: Faults | str | None = None,
     voices: Collection[str] | None = None,
+    fault_header: bool = True,
 ) -> Starlette:
     """Build the ASGI app serving ``engine`` with the cloud's protocol.
 
     ``tokens``: accepted bearer tokens (None accepts any non-empty key, like a dev server).
-    ``faults``: faults applied to every request (a request's ``X-GLMTTS-Fault`` header adds to them).
+    ``faults``: faults applied to every request; with ``fault_header`` a request's ``X-GLMTTS-Fault``
+    header adds to them (tests want that; a shared server should not let clients stall it).
     """
     app = Starlette(
         routes=[
@@ -356,6 +368,7 @@ def create_app(
         tokens=frozenset(tokens) if tokens is not None else None,
         faults=faults if isinstance(faults, Faults) else Faults.parse(faults),
         voices=tuple(voices) if voices is not None else tuple(VOICES),
+        fault_header=fault_header,
     )
     app.add_middleware(_SeenMiddleware, state=state)
     return app

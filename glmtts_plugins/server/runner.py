@@ -148,8 +148,9 @@ def serve(
     port: int = 8000,
     tokens: Collection[str] | None = None,
     faults: str | None = None,
+    fault_header: bool = False,
 ) -> None:
-    """Serve in the foreground until interrupted (``glmtts serve``)."""
+    """Serve in the foreground until interrupted (``glmtts serve``); fault headers only when asked."""
     check_bind(host, tokens)
-    app = create_app(engine, tokens=tokens, faults=faults)
+    app = create_app(engine, tokens=tokens, faults=faults, fault_header=fault_header)
     uvicorn.run(app, host=host, port=port, log_level="info")
