@@ -1,15 +1,25 @@
-"""Audio helpers: WAV files, streaming and whole-buffer resampling."""
+"""Audio helpers: WAV files, streaming and whole-buffer resampling, G.711 and fixed-size framing."""
 
+from .framer import FRAME_MS_CHOICES, Framer
+from .g711 import ALAW_SILENCE, ULAW_SILENCE, alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from .resample import resample
 from .resampler import SUPPORTED_RATES, StreamResampler
 from .wav import pcm_to_wav, read_wav, wav_to_pcm, write_wav
 
 __all__ = [
+    "ALAW_SILENCE",
+    "FRAME_MS_CHOICES",
     "SUPPORTED_RATES",
+    "ULAW_SILENCE",
+    "Framer",
     "StreamResampler",
+    "alaw2lin",
+    "lin2alaw",
+    "lin2ulaw",
     "pcm_to_wav",
     "read_wav",
     "resample",
+    "ulaw2lin",
     "wav_to_pcm",
     "write_wav",
 ]
