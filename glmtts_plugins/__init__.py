@@ -1,4 +1,5 @@
-"""GLM-TTS for real-time voice agents: engines, audio and text helpers, and a local server.
+"""GLM-TTS for real-time voice agents: engines, a cancellable speech pipeline, audio and text helpers,
+and a local server.
 
 ``CloudEngine`` speaks the Zhipu cloud API; ``OfflineEngine`` is an embedded espeak-ng stand-in for
 development and CI (it is not GLM-TTS).
@@ -18,12 +19,14 @@ from .errors import (
     ServerError,
     TruncatedStreamError,
 )
+from .synthesizer import ENCODINGS, Encoding, Segment, SpeechFrame, Synthesizer, Utterance
 from .voices import DEFAULT_VOICE, VOICES
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_VOICE",
+    "ENCODINGS",
     "SAMPLE_RATE",
     "VOICES",
     "APIConnectionError",
@@ -32,6 +35,7 @@ __all__ = [
     "BaseEngine",
     "CloudEngine",
     "ContentBlockedError",
+    "Encoding",
     "Engine",
     "GLMTTSError",
     "InvalidRequestError",
@@ -39,7 +43,11 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitError",
     "RetryPolicy",
+    "Segment",
     "ServerError",
+    "SpeechFrame",
+    "Synthesizer",
     "TruncatedStreamError",
+    "Utterance",
     "__version__",
 ]

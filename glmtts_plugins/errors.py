@@ -111,7 +111,7 @@ class TruncatedStreamError(GLMTTSError):
 _AUTH_CODES = {str(c) for c in range(1000, 1005)}
 _QUOTA_CODES = {str(c) for c in range(1110, 1122)} | {"1304", "1308"}
 _RATE_CODES = {"1302", "1303"}
-_BUSY_CODES = {"1305", "1312"}
+_BUSY_CODES = {"1305", "1312", "500"}  # overloaded, busy, internal error (business code 500)
 _INVALID_CODES = {"1210", "1211", "1213", "1214", "1261"}
 _BLOCKED_CODES = {"1301"}
 

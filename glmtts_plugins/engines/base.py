@@ -11,7 +11,7 @@ from ..audio.wav import pcm_to_wav
 from ..errors import InvalidRequestError
 from ..voices import DEFAULT_VOICE
 
-__all__ = ["SAMPLE_RATE", "BaseEngine", "Engine", "validate_request"]
+__all__ = ["SAMPLE_RATE", "BaseEngine", "Engine", "validate_options", "validate_request"]
 
 SAMPLE_RATE = 24000
 SPEED_RANGE = (0.5, 2.0)
@@ -39,6 +39,11 @@ def validate_request(text: str, *, voice: str, speed: float, volume: float) -> N
         raise InvalidRequestError(f"text must be a string, got {type(text).__name__}", field="text")
     if not text.strip():
         raise InvalidRequestError("text is empty or only whitespace; give at least one word", field="text")
+    validate_options(voice=voice, speed=speed, volume=volume)
+
+
+def validate_options(*, voice: str, speed: float, volume: float) -> None:
+    """Reject a bad voice, speed or volume, naming the field and what is allowed."""
     if not isinstance(voice, str) or not voice.strip():
         raise InvalidRequestError("voice must be a non-empty voice id such as 'tongtong'", field="voice")
     lo, hi = SPEED_RANGE

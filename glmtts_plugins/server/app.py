@@ -297,6 +297,8 @@ async def _speech(request: Request) -> Response:
     problem = _check_body(body, state.voices)
     if problem:
         return _error(*problem, rec)
+    if faults.when_input and faults.when_input not in str(body.get("input", "")):
+        faults = Faults()
     if state.take_failure(faults, spec or "<server>"):
         status = faults.status or (429 if faults.code in ("1302", "1303", "1113", "1304", "1308") else 400)
         code = faults.code or {401: "1002", 429: "1302"}.get(status, "500" if status >= 500 else "1210")

@@ -18,6 +18,8 @@ per request with the ``X-GLMTTS-Fault`` header (the header's keys override the s
 ``comments``                keep-alive comment lines and extra fields between events
 ``done``                    end with ``data: [DONE]``
 ``no_trailing_newline``     the last event has no trailing newline
+``when_input=S``             apply this spec only to requests whose ``input`` contains S (others get
+                            no faults); S cannot contain ``;`` or ``,``
 ``stamp``                   write the send time (``time.monotonic_ns``, little-endian) into each event's
                             first 8 audio bytes, for latency benchmarks
 ==========================  =======================================================================
@@ -51,6 +53,7 @@ class Faults:
     done: bool = False
     no_trailing_newline: bool = False
     stamp: bool = False
+    when_input: str = ""
 
     @classmethod
     def parse(cls, spec: str | None, base: Faults | None = None) -> Faults:

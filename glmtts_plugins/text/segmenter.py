@@ -111,7 +111,15 @@ import unicodedata
 
 from .limit import MAX_INPUT_CHARS, split_text
 
-__all__ = ["FIRST_MIN_CHARS", "QUOTE_SPAN_MAX", "TARGET_CHARS", "Segmenter", "speech_units"]
+__all__ = [
+    "FIRST_MIN_CHARS",
+    "QUOTE_SPAN_MAX",
+    "TARGET_CHARS",
+    "Segmenter",
+    "is_speakable",
+    "speech_units",
+    "spoken_prefix",
+]
 
 FIRST_MIN_CHARS = 6
 TARGET_CHARS = 80
@@ -161,7 +169,8 @@ def speech_units(text: str) -> int:
     return sum(-(-len(word) // 3) if word else 1 for word in _UNIT.findall(text))
 
 
-def _is_speakable(text: str) -> bool:
+def is_speakable(text: str) -> bool:
+    """Whether ``text`` has anything to say: a letter, digit or CJK character (not only punctuation)."""
     return _SPEAKABLE.search(text) is not None
 
 
@@ -425,7 +434,7 @@ class Segmenter:
         text = self._buf[start:end]
         if len(text.strip()) <= self.max_chars:
             piece = text.strip()
-            return [piece] if _is_speakable(piece) else []
+            return [piece] if is_speakable(piece) else []
         # Over the limit (only when no usable boundary exists): split_text on the masked text, then
         # attach chunks without a speakable character to a neighbour where that stays within the limit.
         spans: list[list[int]] = []
@@ -434,7 +443,7 @@ class Segmenter:
         for chunk in split_text(_mask(text), self.max_chars):
             s, e = pos, pos + len(chunk)
             pos = e
-            if _is_speakable(text[s:e]):
+            if is_speakable(text[s:e]):
                 if carry is not None and len(text[carry:e].strip()) <= self.max_chars:
                     s = carry
                 carry = None
@@ -451,3 +460,22 @@ class Segmenter:
         self._seg -= drop
         self._pend -= drop
         self._scan -= drop
+
+
+def spoken_prefix(text: str, fraction: float) -> str:
+    """The start of ``text`` whose speech units are at most ``fraction`` of its total.
+
+    Cuts only after a whole unit-bearing token (a CJK character, a digit, a whole Latin word), so a
+    partly heard piece is reported up to its last complete word; ``fraction >= 1`` returns all of it.
+    """
+    if fraction >= 1:
+        return text
+    tokens = [(m.end(), -(-len(m.group(1)) // 3) if m.group(1) else 1) for m in _UNIT.finditer(text)]
+    budget = max(0.0, fraction) * sum(units for _, units in tokens)
+    end, spent = 0, 0
+    for token_end, units in tokens:
+        if spent + units > budget + 1e-9:
+            break
+        spent += units
+        end = token_end
+    return text[:end]
