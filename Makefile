@@ -16,8 +16,12 @@ lint: $(VENV)/.stamp-test
 	$(BIN)/ruff check glmtts_plugins adapters examples tests bench
 	$(BIN)/ruff format --check glmtts_plugins adapters examples tests bench
 
-bench: $(VENV)/.stamp-test
+bench: $(VENV)/.stamp-test  # every benchmark; each also runs alone with `.venv/bin/python -m bench.NAME`
 	$(BIN)/python -m bench.client_overhead
+	$(BIN)/python -m bench.resampler
+	$(BIN)/python -m bench.g711
+	$(BIN)/python -m bench.segmenter
+	$(BIN)/python -m bench.speech
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
