@@ -32,7 +32,7 @@ $(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,server,pipecat,livekit]'
+	$(BIN)/pip install -q -e '.[dev,server,pipecat,livekit,examples]'
 	touch $@ $(VENV)/.stamp-demo
 
 clean:

@@ -74,7 +74,8 @@ class SpeechFrame:
     start_ms: float
     """Offset of the frame's first sample from the start of the utterance's audio."""
     duration_ms: float
-    """``frame_ms``, except for a piece's last frame, which may be shorter (unless ``pad_frames``)."""
+    """``frame_ms``, except for a piece's last frame, which may be shorter (unless ``pad_frames``); with
+    ``frame_ms=None``, whatever one engine chunk gave after resampling."""
 
     @property
     def end_ms(self) -> float:
@@ -118,8 +119,10 @@ class Synthesizer:
     ``engine`` is anything with a ``sample_rate`` and an async-generator ``stream(text, *, voice, speed,
     volume)`` yielding 16-bit mono PCM (the core engines, or your own). Output rates are those of
     :data:`~glmtts_plugins.audio.SUPPORTED_RATES`; an engine at the output rate passes through untouched.
-    ``prefetch`` is how many pieces beyond the playing one may have a request running (0: strictly one
-    request at a time). ``segmenter`` makes the text segmenter for each ``speak_stream`` utterance.
+    ``frame_ms=None`` skips framing: each engine chunk becomes one frame as soon as it is resampled (lowest
+    latency, for frameworks that re-frame audio themselves). ``prefetch`` is how many pieces beyond the
+    playing one may have a request running (0: strictly one request at a time). ``segmenter`` makes the
+    text segmenter for each ``speak_stream`` utterance.
     """
 
     def __init__(
@@ -128,7 +131,7 @@ class Synthesizer:
         *,
         sample_rate: int = 24000,
         encoding: Encoding = "pcm_s16le",
-        frame_ms: int = 20,
+        frame_ms: int | None = 20,
         voice: str = DEFAULT_VOICE,
         speed: float = 1.0,
         volume: float = 1.0,
@@ -152,12 +155,12 @@ class Synthesizer:
             raise InvalidRequestError(
                 f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}", field="encoding"
             )
-        if frame_ms not in FRAME_MS_CHOICES:
+        if frame_ms is not None and frame_ms not in FRAME_MS_CHOICES:
             allowed = ", ".join(map(str, FRAME_MS_CHOICES))
             raise InvalidRequestError(
                 f"frame_ms must be one of {allowed}; got {frame_ms!r}", field="frame_ms"
             )
-        if sample_rate * frame_ms % 1000:
+        if frame_ms is not None and sample_rate * frame_ms % 1000:
             raise InvalidRequestError(
                 f"frame_ms={frame_ms} at {sample_rate} Hz is not a whole number of samples; use 20 or 40",
                 field="frame_ms",
@@ -271,7 +274,11 @@ class Utterance:
         self._resampler = StreamResampler(synth.engine.sample_rate, synth.sample_rate)
         self._encode = _ENCODERS[synth.encoding]
         # frames are cut from 16-bit PCM and encoded one by one: PCM zeros encode to G.711 silence
-        self._framer = Framer(synth.sample_rate, synth.frame_ms, pad_last=synth.pad_frames)
+        self._framer = (
+            None
+            if synth.frame_ms is None
+            else Framer(synth.sample_rate, synth.frame_ms, pad_last=synth.pad_frames)
+        )
         self._pieces: asyncio.Queue[object] = asyncio.Queue()
         self._piece: _Piece | None = None
         self._ready: collections.deque[SpeechFrame] = collections.deque()
@@ -431,7 +438,8 @@ class Utterance:
         if tasks:
             await asyncio.wait(tasks)
         self._resampler.reset()
-        self._framer.reset()
+        if self._framer is not None:
+            self._framer.reset()
 
     # -- consumer side ------------------------------------------------------------------------------
 
@@ -456,10 +464,10 @@ class Utterance:
         if self._closed or item is _WAKE:
             return
         if isinstance(item, bytes | bytearray | memoryview):
-            self._frames(self._framer.push(self._resampler.process(bytes(item))), piece)
+            self._frames(self._frame(self._resampler.process(bytes(item))), piece)
             return
         # end of the piece, or its failure: flush what it produced so far either way
-        tail = self._framer.push(self._resampler.flush()) + self._framer.flush()
+        tail = self._frame(self._resampler.flush(), last=True)
         self._frames(tail, piece)
         self._piece = None
         self._slots.release()
@@ -468,6 +476,11 @@ class Utterance:
         else:
             assert isinstance(item, BaseException)
             self._error = item
+
+    def _frame(self, pcm: bytes, *, last: bool = False) -> list[bytes]:
+        if self._framer is None:  # pass-through: one frame per resampled chunk
+            return [pcm] if pcm else []
+        return self._framer.push(pcm) + (self._framer.flush() if last else [])
 
     def _frames(self, frames: list[bytes], piece: _Piece) -> None:
         seg = piece.segment

@@ -98,6 +98,14 @@ async def test_equal_rate_passes_through_untouched() -> None:
     assert b"".join(f.audio for f in frames) == tone.pcm(PIECES[0])
 
 
+@pytest.mark.parametrize("rate", [8000, 24000])
+async def test_unframed_output_is_each_chunk_resampled(rate: int) -> None:
+    tone = ToneEngine(chunk_bytes=962)
+    frames = await collect(Synthesizer(tone, sample_rate=rate, frame_ms=None).speak(PIECES[0]))
+    assert b"".join(f.audio for f in frames) == expected_pcm(tone, PIECES[0], rate)
+    assert len(frames) >= len(tone.pcm(PIECES[0])) // 962  # one frame per engine chunk, not re-cut
+
+
 async def test_pad_frames_fills_the_last_frame_with_silence() -> None:
     tone = ToneEngine(ms_per_char=33)
     synth = Synthesizer(tone, sample_rate=8000, pad_frames=True, segmenter=per_sentence)

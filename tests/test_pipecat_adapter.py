@@ -1,0 +1,212 @@
+"""GLMHttpTTSService in Pipecat's own test harness (``run_test``) against the local server on loopback."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+pytest.importorskip("pipecat")
+
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InterruptionFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSUpdateSettingsFrame,
+)
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.utils.errors import ErrorCategory
+from pipecat_glmtts import GLMHttpTTSService
+
+from glmtts_plugins.audio import StreamResampler
+from glmtts_plugins.server import LocalServer
+from glmtts_plugins.testing import ToneEngine
+
+from .conftest import API_KEY
+
+TEXT = "您好，这里是星河银行信用卡中心，请问有什么可以帮您？"
+LONG = (
+    "您好，这里是星河银行信用卡中心。我们今天为您准备了一份新的优惠活动，消费满两百元立减三十元，每人限一次。"
+)
+
+
+def params(rate: int) -> PipelineParams:
+    return PipelineParams(audio_out_sample_rate=rate, enable_metrics=True, enable_usage_metrics=True)
+
+
+def service(srv: LocalServer, **kw: object) -> GLMHttpTTSService:
+    return GLMHttpTTSService(api_key=API_KEY, base_url=srv.base_url, **kw)  # type: ignore[arg-type]
+
+
+def expected_samples(tone: ToneEngine, text: str, rate: int) -> int:
+    rs = StreamResampler(24000, rate)
+    return len(rs.process(tone.pcm(text)) + rs.flush()) // 2
+
+
+def audio(frames: list, context_id: str | None = None) -> list[TTSAudioRawFrame]:
+    return [f for f in frames if isinstance(f, TTSAudioRawFrame) and context_id in (None, f.context_id)]
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+async def test_frames_in_order_at_the_pipeline_rate_with_the_tail(rate: int) -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        down, up = await run_test(
+            service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(rate)
+        )
+    kinds = [type(f) for f in down if isinstance(f, TTSStartedFrame | TTSAudioRawFrame | TTSStoppedFrame)]
+    assert kinds[0] is TTSStartedFrame and kinds[-1] is TTSStoppedFrame
+    assert set(kinds[1:-1]) == {TTSAudioRawFrame}
+    frames = audio(down)
+    assert {(f.sample_rate, f.num_channels) for f in frames} == {(rate, 1)}
+    # every sample of the utterance, resampler tail included (Pipecat's shared resampler loses ~87 ms at 8k)
+    assert sum(len(f.audio) for f in frames) // 2 == expected_samples(tone, TEXT, rate)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+async def test_sample_rate_from_the_constructor_wins_and_bad_rates_are_refused() -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        down, _ = await run_test(
+            service(srv, sample_rate=16000),
+            frames_to_send=[TTSSpeakFrame(TEXT)],
+            pipeline_params=params(8000),
+        )
+    assert {f.sample_rate for f in audio(down)} == {16000}
+    from glmtts_plugins import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="sample_rate"):
+        GLMHttpTTSService(api_key=API_KEY, sample_rate=11025)
+
+
+async def test_settings_update_reaches_the_next_request() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        tts = service(srv, settings=GLMHttpTTSService.Settings(voice="tongtong"))
+        await run_test(
+            tts,
+            frames_to_send=[
+                TTSSpeakFrame("第一句。"),
+                TTSUpdateSettingsFrame(
+                    delta=GLMHttpTTSService.Settings(voice="xiaochen", speed=1.3, volume=2.0)
+                ),
+                TTSSpeakFrame("第二句。"),
+            ],
+            pipeline_params=params(8000),
+        )
+        bodies = [r.body for r in srv.records]
+    assert bodies[0]["voice"] == "tongtong"
+    assert (bodies[1]["voice"], bodies[1]["speed"], bodies[1]["volume"]) == ("xiaochen", 1.3, 2.0)
+
+
+async def test_bad_settings_update_is_refused_with_the_field() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        tts = service(srv)
+        _, up = await run_test(
+            tts,
+            frames_to_send=[
+                TTSUpdateSettingsFrame(delta=GLMHttpTTSService.Settings(speed=9.0)),
+                TTSSpeakFrame("还能说话。"),
+            ],
+            pipeline_params=params(8000),
+        )
+        bodies = [r.body for r in srv.records]
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors and "speed" in errors[0].error
+    assert bodies and bodies[0]["speed"] == 1.0
+
+
+async def test_authentication_error_is_permanent() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        tts = GLMHttpTTSService(api_key="wrong-key-0000", base_url=srv.base_url)
+        _, up = await run_test(tts, frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(8000))
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors[0].category is ErrorCategory.AUTHENTICATION
+    assert not tts.is_usable
+    assert "wrong-key-0000" not in errors[0].error
+
+
+async def test_rate_limit_before_audio_is_retried() -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY], faults="status=429;code=1302;times=1") as srv:
+        down, up = await run_test(
+            service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(8000)
+        )
+        outcomes = [(r.status, r.outcome) for r in srv.records]
+    assert outcomes == [(429, "rejected"), (200, "completed")]
+    assert sum(len(f.audio) for f in audio(down)) // 2 == expected_samples(tone, TEXT, 8000)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+async def test_drop_after_audio_is_not_retried_and_keeps_the_audio() -> None:
+    tone = ToneEngine(chunk_bytes=960)
+    with LocalServer(tone, tokens=[API_KEY], faults="disconnect_after=3") as srv:
+        down, up = await run_test(
+            service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(8000)
+        )
+        records = list(srv.records)
+    assert len(records) == 1  # no second request: it would repeat speech
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors and errors[0].category is ErrorCategory.CONNECTIVITY
+    assert sum(len(f.audio) for f in audio(down)) // 2 == 3 * 960 // 2 // 3  # 3 events of 20 ms, at 8 kHz
+
+
+@pytest.mark.parametrize("text", ["。", "……！", "😊", "  ", "?!"])
+async def test_punctuation_only_makes_no_request_and_no_error(text: str) -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        down, up = await run_test(
+            service(srv), frames_to_send=[TTSSpeakFrame(text)] * 4, pipeline_params=params(8000)
+        )
+        assert srv.records == []
+    assert not audio(down)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+async def test_long_text_is_split_not_truncated() -> None:
+    text = "，".join(f"这是第{i}句话的内容" for i in range(150)) + "。"
+    with LocalServer(ToneEngine(ms_per_char=1), tokens=[API_KEY]) as srv:
+        await run_test(service(srv), frames_to_send=[TTSSpeakFrame(text)], pipeline_params=params(8000))
+        sent = [r.body["input"] for r in srv.records]
+    assert len(sent) >= 2 and all(len(s) <= 1024 for s in sent) and "".join(sent) == text
+
+
+async def test_any_core_engine_can_be_passed_in() -> None:
+    tone = ToneEngine()
+    down, _ = await run_test(
+        GLMHttpTTSService(engine=tone), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(16000)
+    )
+    assert sum(len(f.audio) for f in audio(down)) // 2 == expected_samples(tone, TEXT, 16000)
+
+
+async def test_random_interruptions_stop_the_utterance_and_the_request() -> None:
+    """50 runs: an InterruptionFrame at a random moment of a paced utterance, then a fresh utterance."""
+    rng = random.Random(4)
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+        for run in range(50):
+            before = len(srv.records)
+            rate = rng.choice([8000, 16000])
+            down, _ = await run_test(
+                service(srv),
+                frames_to_send=[
+                    TTSSpeakFrame(LONG),
+                    SleepFrame(rng.uniform(0.05, 0.6)),
+                    InterruptionFrame(),
+                    SleepFrame(0.05),
+                    TTSSpeakFrame("好的。"),
+                ],
+                pipeline_params=params(rate),
+            )
+            cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+            first = audio(down[:cut])
+            assert first, f"run {run}: no audio before the interruption"
+            interrupted = first[0].context_id
+            assert not audio(down[cut:], interrupted), (
+                f"run {run}: audio of the interrupted utterance after it"
+            )
+            after = audio(down[cut:])
+            assert sum(len(f.audio) for f in after) // 2 == expected_samples(tone, "好的。", rate), run
+            assert await srv.wait_for(lambda b=before: srv.records[b].outcome == "disconnected", 2), run
