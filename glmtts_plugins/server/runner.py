@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import uvicorn
 
@@ -18,7 +18,7 @@ from ..engines.base import Engine
 from .app import CLOUD_PATH, AbortConnection, RequestRecord, ServerState, create_app
 from .faults import Faults
 
-__all__ = ["LocalServer", "check_bind", "serve"]
+__all__ = ["LocalServer", "ThreadedServer", "check_bind", "serve"]
 
 
 class _DropInjectedAborts(logging.Filter):
@@ -45,45 +45,18 @@ def check_bind(host: str, tokens: Collection[str] | None) -> None:
         )
 
 
-class LocalServer:
-    """The cloud-compatible server on a free loopback port, in a thread with its own event loop.
+class ThreadedServer:
+    """Any ASGI app on a free loopback port, in a thread with its own event loop (tests, examples).
 
-    ``base_url`` is what a ``CloudEngine`` (or the official SDK) takes; ``records`` lists every request
-    the server saw and how it ended, so tests can prove what happened on the wire.
+    ``lifespan`` is uvicorn's setting ("off" for apps without startup/shutdown, "on" otherwise).
     """
 
-    def __init__(
-        self,
-        engine: Engine | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        tokens: Collection[str] | None = None,
-        faults: Faults | str | None = None,
-        voices: Collection[str] | None = None,
-    ) -> None:
-        check_bind(host, tokens)
-        if engine is None:
-            from ..engines.offline import OfflineEngine
-
-            engine = OfflineEngine()
-        self.app = create_app(engine, tokens=tokens, faults=faults, voices=voices)
-        self._host, self._port = host, port
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "off") -> None:
+        self.app = app
+        self._host, self._port, self._lifespan = host, port, lifespan
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
-
-    @property
-    def state(self) -> ServerState:
-        return self.app.state.glmtts
-
-    @property
-    def records(self) -> list[RequestRecord]:
-        return self.state.records
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self._host}:{self.port}{CLOUD_PATH.rsplit('/audio/', 1)[0]}"
 
     @property
     def root_url(self) -> str:
@@ -94,7 +67,7 @@ class LocalServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self._host, self._port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan=self._lifespan, access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=lambda: asyncio.run(self._server.serve(sockets=[sock])),  # type: ignore[union-attr]
@@ -102,10 +75,10 @@ class LocalServer:
             daemon=True,
         )
         self._thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the local server did not start")
+                raise RuntimeError("the server did not start")
             time.sleep(0.005)
         return self
 
@@ -139,6 +112,45 @@ class LocalServer:
                 return False
             await asyncio.sleep(0.002)
         return True
+
+
+class LocalServer(ThreadedServer):
+    """The cloud-compatible server on a free loopback port, in a thread with its own event loop.
+
+    ``base_url`` is what a ``CloudEngine`` (or the official SDK) takes; ``records`` lists every request
+    the server saw and how it ended, so tests can prove what happened on the wire.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: Collection[str] | None = None,
+        faults: Faults | str | None = None,
+        voices: Collection[str] | None = None,
+    ) -> None:
+        check_bind(host, tokens)
+        if engine is None:
+            from ..engines.offline import OfflineEngine
+
+            engine = OfflineEngine()
+        super().__init__(
+            create_app(engine, tokens=tokens, faults=faults, voices=voices), host=host, port=port
+        )
+
+    @property
+    def state(self) -> ServerState:
+        return self.app.state.glmtts
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        return self.state.records
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}{CLOUD_PATH.rsplit('/audio/', 1)[0]}"
 
 
 def serve(

@@ -1,0 +1,137 @@
+"""The Twilio call-center example, played by a fake Twilio: greeting, barge-in with real speech, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("pipecat")
+websockets = pytest.importorskip("websockets.asyncio.client")
+
+from examples.pipecat_twilio.bot import BotConfig, create_app  # noqa: E402
+from glmtts_plugins import OfflineEngine  # noqa: E402
+from glmtts_plugins.audio import StreamResampler, lin2ulaw, ulaw2lin  # noqa: E402
+from glmtts_plugins.server import ThreadedServer  # noqa: E402
+
+STREAM_SID = "MZ00000000000000000000000000000001"
+PACKET = 160  # 20 ms of 8 kHz μ-law, what Twilio sends
+SILENCE = b"\xff" * PACKET
+BARGE_IN_BOUND_S = 1.0  # VAD needs start_secs=0.2 of speech; the rest is pipeline and socket time
+
+
+async def caller_speech(text: str) -> bytes:
+    """Real speech for the caller: the offline engine's voice at 8 kHz μ-law, as a phone would send it."""
+    pcm = bytearray()
+    async with OfflineEngine() as engine:
+        async for chunk in engine.stream(text, voice="xiaochen"):
+            pcm += chunk
+    rs = StreamResampler(24000, 8000)
+    return lin2ulaw(rs.process(bytes(pcm)) + rs.flush())
+
+
+def media(payload: bytes, seq: int) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "media": {
+                "track": "inbound",
+                "chunk": str(seq),
+                "timestamp": str(seq * 20),
+                "payload": base64.b64encode(payload).decode(),
+            },
+            "streamSid": STREAM_SID,
+        }
+    )
+
+
+async def test_twilio_call_greets_stops_on_barge_in_and_answers() -> None:
+    speech = await caller_speech("你好，我想查一下我这个月的信用卡账单。")
+    app = create_app(BotConfig())  # scripted flow, offline engine behind the local server
+    events: list[tuple[float, dict]] = []
+    with ThreadedServer(app, lifespan="on") as srv:
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws") as ws:
+
+            async def receive() -> None:
+                async for message in ws:
+                    events.append((time.monotonic(), json.loads(message)))
+
+            reader = asyncio.create_task(receive())
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            start = {
+                "streamSid": STREAM_SID,
+                "callSid": "CA00000000000000000000000000000001",
+                "accountSid": "AC00000000000000000000000000000001",
+                "tracks": ["inbound"],
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                "customParameters": {},
+            }
+            await ws.send(
+                json.dumps({"event": "start", "sequenceNumber": "1", "start": start, "streamSid": STREAM_SID})
+            )
+
+            seq = 2
+            clock = time.monotonic()
+
+            async def send(payload: bytes) -> None:  # one packet every 20 ms, like a phone line
+                nonlocal seq, clock
+                await ws.send(media(payload, seq))
+                seq += 1
+                clock += 0.02
+                await asyncio.sleep(max(0.0, clock - time.monotonic()))
+
+            def outbound_ms() -> float:
+                return (
+                    sum(
+                        len(base64.b64decode(e["media"]["payload"]))
+                        for _, e in events
+                        if e["event"] == "media"
+                    )
+                    / 8
+                )
+
+            # the caller listens to the greeting for 1.5 s of received audio
+            deadline = time.monotonic() + 20
+            while outbound_ms() < 1500:
+                assert time.monotonic() < deadline, "no greeting"
+                await send(SILENCE)
+            greeting_ms = outbound_ms()
+            # then talks over the bot
+            speech_started = time.monotonic()
+            for i in range(0, len(speech) - PACKET + 1, PACKET):
+                await send(speech[i : i + PACKET])
+            speech_ended = time.monotonic()
+            for _ in range(150):  # 3 s of silence: VAD ends the turn, the bot answers
+                await send(SILENCE)
+            await ws.close()
+            await reader
+
+    kinds = [e["event"] for _, e in events]
+    assert "clear" in kinds
+    t_clear = next(t for t, e in events if e["event"] == "clear")
+    assert all(e.get("streamSid") == STREAM_SID for _, e in events)
+    # the greeting arrived as 8 kHz μ-law media that decodes to real audio
+    greeting = [e for t, e in events if e["event"] == "media" and t < speech_started]
+    audio = np.frombuffer(
+        ulaw2lin(b"".join(base64.b64decode(e["media"]["payload"]) for e in greeting)), "<i2"
+    )
+    assert greeting_ms >= 1500 and np.abs(audio).max() > 1000
+    # barge-in: `clear` soon after the caller started speaking, and no bot audio until the caller stopped
+    barge_in_s = t_clear - speech_started
+    after_clear = [t for t, e in events if e["event"] == "media" and t > t_clear]
+    silent_until = (after_clear[0] if after_clear else float("inf")) - t_clear
+    print(
+        f"clear {barge_in_s * 1000:.0f} ms after the caller started;"
+        f" bot silent {silent_until * 1000:.0f} ms after it"
+    )
+    assert 0 < barge_in_s < BARGE_IN_BOUND_S
+    assert after_clear and after_clear[0] > speech_ended  # nothing from the greeting after the clear
+    # the scripted answer came after the caller's turn: at least a second of it
+    answer = [e for t, e in events if e["event"] == "media" and t > speech_ended]
+    assert sum(len(base64.b64decode(e["media"]["payload"])) for e in answer) >= 8000
