@@ -61,6 +61,7 @@ class RequestRecord:
     audio_bytes: int = 0
     outcome: str = "running"  # completed | disconnected | aborted | error | rejected
     started: float = field(default_factory=time.monotonic)
+    first_audio_at: float | None = None  # time.monotonic() when the first audio event was written
     ended: float | None = None
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -247,6 +248,8 @@ class SSEAudioResponse(Response):
                 delta = {"role": "assistant", "return_sample_rate": SAMPLE_RATE, "content": content}
                 event = {**base, "choices": [{"index": rec.events, "delta": delta}]}
                 await self._write(send, self._event(event))
+                if rec.first_audio_at is None:
+                    rec.first_audio_at = time.monotonic()
                 rec.events += 1
                 rec.audio_bytes += len(chunk)
             else:
