@@ -1,0 +1,322 @@
+"""livekit.plugins.glmtts against the local server: no LiveKit server, LiveKit's own streams and session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("livekit.agents")
+
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError
+from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities
+from livekit.agents.voice.transcription import TranscriptSynchronizer
+from livekit.plugins import glmtts
+
+from glmtts_plugins.audio import StreamResampler
+from glmtts_plugins.server import LocalServer
+from glmtts_plugins.testing import ToneEngine
+from glmtts_plugins.text import Segmenter
+
+from .conftest import API_KEY
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
+TEXT = "您好，这里是星河银行信用卡中心，请问有什么可以帮您？"
+FAST = APIConnectOptions(max_retry=3, retry_interval=0.01, timeout=10)
+
+
+def our_tasks() -> set[asyncio.Task]:
+    """Running tasks whose coroutine is this project's code (LiveKit keeps some tasks of its own)."""
+    roots = ("glmtts_plugins", "plugins/glmtts")
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and any(r in getattr(t.get_coro(), "cr_code", None).co_filename for r in roots)
+    }
+
+
+def plugin(srv: LocalServer, **kw: object) -> glmtts.TTS:
+    return glmtts.TTS(api_key=API_KEY, base_url=srv.base_url, **kw)  # type: ignore[arg-type]
+
+
+def samples(tone: ToneEngine, text: str, rate: int) -> int:
+    rs = StreamResampler(24000, rate)
+    return len(rs.process(tone.pcm(text)) + rs.flush()) // 2
+
+
+def replies() -> list[str]:
+    if not CORPUS.exists():
+        pytest.skip("shared/corpus not beside the project")
+    return [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+
+
+def pieces_of(text: str, tokens: list[str]) -> list[str]:
+    seg = Segmenter()
+    out = [p for t in tokens for p in seg.push(t)]
+    return out + seg.flush()
+
+
+def tokenize(text: str, rng: random.Random) -> list[str]:
+    out, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 4)
+        out.append(text[i : i + n])
+        i += n
+    return out
+
+
+async def drain(stream: object) -> list[rtc.AudioFrame]:
+    return [ev.frame async for ev in stream]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+async def test_synthesize_collect_has_the_right_rate_and_duration(rate: int) -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        async with plugin(srv, sample_rate=rate) as tts:
+            frame = await tts.synthesize(TEXT).collect()
+    assert frame.sample_rate == rate and frame.num_channels == 1
+    assert frame.samples_per_channel == samples(tone, TEXT, rate)  # tail included
+
+
+async def test_model_provider_and_bad_options() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        tts = plugin(srv)
+        assert (tts.model, tts.provider) == ("glm-tts", "127.0.0.1")
+        assert tts.capabilities.streaming
+        await tts.aclose()
+    from glmtts_plugins import InvalidRequestError
+
+    for kwargs, field in [
+        ({"speed": 0.1}, "speed"),
+        ({"sample_rate": 11025}, "sample_rate"),
+        ({"voice": ""}, "voice"),
+    ]:
+        with pytest.raises(InvalidRequestError) as info:
+            glmtts.TTS(api_key=API_KEY, **kwargs)  # type: ignore[arg-type]
+        assert info.value.field == field
+
+
+async def test_stream_sends_one_request_per_segment_in_order_first_at_the_first_clause() -> None:
+    """Every corpus reply, token by token: the requests are the segmenter's pieces, in order, and the
+    first one leaves as soon as the first clause is decided, before the rest of the reply exists."""
+    rng = random.Random(11)
+    early = 0
+    with LocalServer(ToneEngine(ms_per_char=2), tokens=[API_KEY]) as srv:
+        async with plugin(srv) as tts:
+            for text in replies():
+                tokens = tokenize(text, rng)
+                expected = pieces_of(text, tokens)
+                seg = Segmenter()
+                decided = next((i + 1 for i, tok in enumerate(tokens) if seg.push(tok)), len(tokens))
+                before = len(srv.records)
+                stream = tts.stream()
+                reader = asyncio.create_task(drain(stream))
+                for tok in tokens[:decided]:
+                    stream.push_text(tok)
+                if decided < len(tokens):
+                    early += 1
+                    has_input = lambda b=before: len(srv.records) > b and "input" in srv.records[b].body  # noqa: E731
+                    assert await srv.wait_for(has_input, 2), text
+                    assert srv.records[before].body["input"] == expected[0]
+                    assert len(srv.records) == before + 1
+                for tok in tokens[decided:]:
+                    stream.push_text(tok)
+                stream.end_input()
+                frames = await reader
+                await stream.aclose()
+                assert [r.body["input"] for r in srv.records[before:]] == expected
+                assert frames
+    assert early >= 30  # most replies have a first piece before their end
+
+
+async def consume_until_closed(stream: object, closed: asyncio.Event, after: list[rtc.AudioFrame]) -> None:
+    """Read a stream to its end, keeping any frame that arrives once ``closed`` is set."""
+    async for ev in stream:  # type: ignore[attr-defined]
+        if closed.is_set():
+            after.append(ev.frame)
+
+
+async def test_random_interruptions_push_nothing_afterwards_and_disconnect() -> None:
+    rng = random.Random(5)
+    texts = replies()
+    mid_flight = 0
+    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=0.5") as srv:
+        async with plugin(srv) as tts:
+            for run in range(50):
+                stream = tts.stream()
+                for tok in tokenize(rng.choice(texts[:20]), rng):
+                    stream.push_text(tok)
+                stream.end_input()
+                closed, after = asyncio.Event(), []
+                task = asyncio.create_task(consume_until_closed(stream, closed, after))
+                await asyncio.sleep(rng.uniform(0.02, 0.6))
+                mid_flight += bool(our_tasks())  # the interruption lands while requests run
+                await stream.aclose()
+                closed.set()
+                await asyncio.wait_for(task, 2)
+                assert after == [], f"run {run}: frames after the interruption"
+                assert our_tasks() == set(), f"run {run}: tasks left"
+                assert await srv.wait_for(lambda: all(r.outcome != "running" for r in srv.records), 2), run
+    outcomes = [r.outcome for r in srv.records]
+    assert set(outcomes) <= {"completed", "disconnected"} and outcomes.count("disconnected") >= 25
+    assert mid_flight >= 25
+
+
+async def test_failure_after_audio_is_not_retried_and_not_duplicated() -> None:
+    tone = ToneEngine(chunk_bytes=960)
+    faults = "when_input=请问;error_after=4;error_code=500"
+    with LocalServer(tone, tokens=[API_KEY], faults=faults) as srv:
+        async with plugin(srv) as tts:
+            stream = tts.stream(conn_options=FAST)
+            stream.push_text("您好，这里是星河银行信用卡中心。请问有什么可以帮您？")
+            stream.end_input()
+            frames: list[rtc.AudioFrame] = []
+            with pytest.raises(APIError) as info:
+                async for ev in stream:
+                    frames.append(ev.frame)
+            await stream.aclose()
+            chunked = tts.synthesize("请问有什么可以帮您？", conn_options=FAST)
+            with pytest.raises(APIError) as info2:
+                await chunked.collect()
+        records = list(srv.records)
+    assert not info.value.retryable and not info2.value.retryable
+    inputs = [r.body["input"] for r in records]
+    assert inputs.count("请问有什么可以帮您？") == 2  # once for the stream, once for synthesize: no retries
+    # what reached LiveKit is exactly what the server sent, no more (no repeated speech)
+    sent_s = sum(r.audio_bytes for r in records[:2]) / 2 / 24000
+    got_s = sum(f.duration for f in frames)
+    assert abs(got_s - sent_s) < 0.002
+
+
+async def test_failure_before_audio_is_retried_by_the_framework() -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY], faults="status=500;code=500;times=2") as srv:
+        async with plugin(srv) as tts:
+            frame = await tts.synthesize(TEXT, conn_options=FAST).collect()
+            srv.state._fault_counts.clear()  # the stream's first request fails too
+            stream = tts.stream(conn_options=FAST)
+            stream.push_text(TEXT)
+            stream.end_input()
+            frames = await drain(stream)
+            await stream.aclose()
+        records = [(r.outcome, r.body.get("input")) for r in srv.records]
+    # synthesize: two 500s before audio, retried twice by LiveKit (the engine itself does not retry)
+    assert [o for o, _ in records[:3]] == ["rejected", "rejected", "completed"]
+    # stream: its first attempt failed before audio (with the prefetched piece, if it had started);
+    # LiveKit replayed the text and each piece completed exactly once
+    stream_records = records[3:]
+    assert stream_records[0][0] == "rejected"
+    assert [i for o, i in stream_records if o == "completed"] == pieces_of(TEXT, [TEXT])
+    assert frame.samples_per_channel == samples(tone, TEXT, 24000)
+    assert sum(f.samples_per_channel for f in frames) == samples(tone, TEXT, 24000)
+
+
+async def test_update_options_between_turns() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        async with plugin(srv, voice="tongtong") as tts:
+            await tts.synthesize("第一句。").collect()
+            tts.update_options(voice="xiaochen", speed=1.5, volume=3.0)
+            stream = tts.stream()
+            stream.push_text("第二句。")
+            stream.end_input()
+            await drain(stream)
+            await stream.aclose()
+        bodies = [r.body for r in srv.records]
+    assert bodies[0]["voice"] == "tongtong"
+    assert (bodies[1]["voice"], bodies[1]["speed"], bodies[1]["volume"]) == ("xiaochen", 1.5, 3.0)
+
+
+@pytest.mark.parametrize("text", ["。", "……！", "😊"])
+async def test_nothing_to_say_makes_no_request_and_no_error(text: str) -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        async with plugin(srv) as tts:
+            frame = await tts.synthesize(text, conn_options=FAST).collect()
+            stream = tts.stream(conn_options=FAST)
+            stream.push_text(text)
+            stream.end_input()
+            await drain(stream)
+            await stream.aclose()
+        assert srv.records == []
+    assert frame.duration <= 0.011
+
+
+class RealtimeSink(AudioOutput):
+    """A room-less audio output that plays in real time and records what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(label="sink", capabilities=AudioOutputCapabilities(pause=False), sample_rate=None)
+        self.frames: list[tuple[float, rtc.AudioFrame]] = []
+        self.cleared_at: float | None = None
+        self._start = self._pushed = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        self.frames.append((time.monotonic(), frame))
+        if not self._pushed:
+            self._start = time.time()
+            self.on_playback_started(created_at=self._start)
+        self._pushed += frame.duration
+
+    def flush(self) -> None:
+        super().flush()
+        if not self._pushed:
+            return
+
+        def done() -> None:
+            self.on_playback_finished(playback_position=self._pushed, interrupted=False)
+            self._pushed, self._timer = 0.0, None
+
+        if self._timer:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, self._pushed - (time.time() - self._start)), done
+        )
+
+    def clear_buffer(self) -> None:
+        self.cleared_at = time.monotonic()
+        if not self._pushed:
+            return
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        played = min(self._pushed, time.time() - self._start)
+        self.on_playback_finished(playback_position=played, interrupted=True)
+        self._pushed = 0.0
+
+
+async def test_roomless_agent_session_say_then_interrupt() -> None:
+    text = (
+        "您好，这里是星河银行信用卡中心。我们今天为您准备了一份新的优惠活动，"
+        "消费满两百元立减三十元。每人限一次。"
+    )
+    with LocalServer(ToneEngine(ms_per_char=150), tokens=[API_KEY], faults="rtf=0.5") as srv:
+        async with plugin(srv) as tts:
+            session = AgentSession(tts=tts)
+            sink = RealtimeSink()
+            sync = TranscriptSynchronizer(next_in_chain_audio=sink, next_in_chain_text=None)
+            session.output.audio = sync.audio_output
+            session.output.transcription = sync.text_output
+            await session.start(Agent(instructions="客服"))
+            handle = session.say(text)
+            await asyncio.sleep(2.5)
+            handle.interrupt()
+            await handle.wait_for_playout()
+            assert await srv.wait_for(lambda: all(r.outcome != "running" for r in srv.records), 2)
+            outcomes = [r.outcome for r in srv.records]
+            messages = [m for m in session.history.items if m.type == "message" and m.role == "assistant"]
+            await session.aclose()
+            await sync.aclose()
+            assert our_tasks() == set()
+    assert "disconnected" in outcomes  # the session's interruption closed the request in flight
+    assert sink.cleared_at is not None
+    assert not [t for t, _ in sink.frames if t > sink.cleared_at]  # nothing captured after the clear
+    said = messages[-1].text_content or ""
+    assert messages[-1].interrupted and 0 < len(said) < len(text)
+    assert text.startswith(said.rstrip())
