@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import httpx
 import pytest
 
+from glmtts_plugins import CloudEngine
 from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, LocalServer
 from glmtts_plugins.server.runner import check_bind
 from glmtts_plugins.testing import ToneEngine
@@ -104,3 +108,19 @@ def test_refuses_to_listen_beyond_loopback_without_a_token() -> None:
     with pytest.raises(ValueError, match="bearer token"):
         LocalServer(ToneEngine(), host="0.0.0.0")
     check_bind("0.0.0.0", ["secret"])
+
+
+async def test_first_audio_is_not_held_back_on_a_reused_connection() -> None:
+    """Nagle's algorithm on the server side held the first SSE event behind the response head until
+    the client's delayed ACK: +40 ms on every request but the first of a keep-alive connection."""
+    delays = []
+    with LocalServer(ToneEngine(chunk_bytes=960), tokens=[API_KEY], faults="rtf=0.5") as srv:
+        async with CloudEngine(api_key=API_KEY, base_url=srv.base_url) as engine:
+            for _ in range(6):
+                first = None
+                async for _chunk in engine.stream("您好，请问有什么可以帮您？"):
+                    first = first or time.monotonic()
+                delays.append(1000 * (first - srv.records[-1].first_audio_at))  # type: ignore[operator]
+        ports = {port for _, _, port in srv.state.requests_seen}
+    assert len(ports) == 1  # one reused connection
+    assert statistics.median(delays[1:]) < 20, delays  # ~1 ms; 40+ ms with the stall
