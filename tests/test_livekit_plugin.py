@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ pytest.importorskip("livekit.agents")
 
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError
-from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities
 from livekit.agents.voice.transcription import TranscriptSynchronizer
 from livekit.plugins import glmtts
 
@@ -23,6 +21,7 @@ from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.text import Segmenter
 
+from ._livekit import RealtimeSink
 from .conftest import API_KEY
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
@@ -244,51 +243,6 @@ async def test_nothing_to_say_makes_no_request_and_no_error(text: str) -> None:
             await stream.aclose()
         assert srv.records == []
     assert frame.duration <= 0.011
-
-
-class RealtimeSink(AudioOutput):
-    """A room-less audio output that plays in real time and records what it was given."""
-
-    def __init__(self) -> None:
-        super().__init__(label="sink", capabilities=AudioOutputCapabilities(pause=False), sample_rate=None)
-        self.frames: list[tuple[float, rtc.AudioFrame]] = []
-        self.cleared_at: float | None = None
-        self._start = self._pushed = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-
-    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
-        await super().capture_frame(frame)
-        self.frames.append((time.monotonic(), frame))
-        if not self._pushed:
-            self._start = time.time()
-            self.on_playback_started(created_at=self._start)
-        self._pushed += frame.duration
-
-    def flush(self) -> None:
-        super().flush()
-        if not self._pushed:
-            return
-
-        def done() -> None:
-            self.on_playback_finished(playback_position=self._pushed, interrupted=False)
-            self._pushed, self._timer = 0.0, None
-
-        if self._timer:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
-            max(0.0, self._pushed - (time.time() - self._start)), done
-        )
-
-    def clear_buffer(self) -> None:
-        self.cleared_at = time.monotonic()
-        if not self._pushed:
-            return
-        if self._timer:
-            self._timer.cancel()
-            self._timer = None
-        played = min(self._pushed, time.time() - self._start)
-        self.on_playback_finished(playback_position=played, interrupted=True)
-        self._pushed = 0.0
 
 
 async def test_roomless_agent_session_say_then_interrupt() -> None:

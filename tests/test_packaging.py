@@ -45,7 +45,11 @@ def test_wheel_ships_the_adapters_under_their_ecosystem_names(wheel: Path) -> No
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "glmtts_plugins/__init__.py" in names
     assert "pipecat_glmtts/__init__.py" in names and "pipecat_glmtts/tts.py" in names
-    assert not any(n.startswith("adapters/") for n in names)
+    assert {"livekit/plugins/glmtts/__init__.py", "livekit/plugins/glmtts/py.typed"} <= names
+    assert {"livekit/plugins/glmtts/log.py", "livekit/plugins/glmtts/version.py"} <= names
+    # implicit namespace packages: an __init__ here would shadow livekit-agents' own modules
+    assert "livekit/__init__.py" not in names and "livekit/plugins/__init__.py" not in names
+    assert not any(n.startswith(("adapters/", "tests/", "examples/")) for n in names)
 
 
 def test_adapter_imports_from_the_built_wheel(wheel: Path, tmp_path: Path) -> None:
@@ -58,8 +62,12 @@ def test_adapter_imports_from_the_built_wheel(wheel: Path, tmp_path: Path) -> No
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
         "import pipecat_glmtts, glmtts_plugins\n"
         "from pipecat_glmtts import GLMHttpTTSService\n"
+        "from livekit.plugins import glmtts\n"
+        "import livekit.agents\n"
+        "assert glmtts.TTS and 'site-packages' in livekit.agents.__file__\n"
         "print(pipecat_glmtts.__file__)\n"
         "print(glmtts_plugins.__file__)\n"
+        "print(glmtts.__file__)\n"
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
