@@ -31,39 +31,10 @@ import numpy as np
 
 from glmtts_plugins import CloudEngine, RetryPolicy, Synthesizer
 
+from ._playback import Listener, llm
 from ._server import TOKEN, server_process
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
-
-
-class Listener:
-    """Frames in, with arrival times; playback gaps out."""
-
-    def __init__(self, t0: float) -> None:
-        self.t0 = t0
-        self.arrivals: list[tuple[float, float]] = []  # (arrival time, duration in seconds)
-
-    def hear(self, duration_ms: float) -> None:
-        self.arrivals.append((time.monotonic(), duration_ms / 1000))
-
-    def result(self) -> tuple[float, float]:
-        """(time to first audio, total silence after the first frame), in ms."""
-        first = self.arrivals[0][0]
-        play_end, silence = first, 0.0
-        for arrived, duration in self.arrivals:
-            start = max(arrived, play_end)
-            silence += start - play_end
-            play_end = start + duration
-        return 1000 * (first - self.t0), 1000 * silence
-
-
-async def llm(text: str, rng: random.Random, token_ms: float) -> AsyncIterator[str]:
-    i = 0
-    while i < len(text):
-        n = rng.randint(1, 4)
-        yield text[i : i + n]
-        i += n
-        await asyncio.sleep(token_ms / 1000)
 
 
 async def ours(engine: CloudEngine, tokens: AsyncIterator[str], ear: Listener, prefetch: int) -> int:

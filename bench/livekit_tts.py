@@ -1,0 +1,100 @@
+"""glmtts.TTS().stream() against LiveKit's default StreamAdapter (blingfire) over the same engine.
+
+Run: ``.venv/bin/python -m bench.livekit_tts`` (``--replies 40`` for the whole corpus, the README's table).
+The local server runs in its own process with the offline engine behind a 300 ms first byte and real-time
+factor 0.5. Each corpus reply is pushed into a LiveKit ``SynthesizeStream`` as LLM tokens of 1-4
+characters every 30 ms, then ``end_input()`` — what ``AgentSession`` does — and the stream's audio is
+played by a simulated real-time listener, interleaved in one run:
+
+* ``glmtts.TTS(...).stream()``: the core's segmenter (first piece at the first natural clause) and one
+  piece of prefetch;
+* ``StreamAdapter(tts=glmtts.TTS(...))``: what LiveKit builds around a TTS without streaming input —
+  blingfire sentences (``min_sentence_len=20`` characters), one ``synthesize()`` per sentence, in turn.
+
+Time to first audio counts from the first token; silence is the sum of playback gaps after the first
+frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+from livekit.agents import tts as lk_tts
+from livekit.plugins import glmtts
+
+from glmtts_plugins import CloudEngine, RetryPolicy
+
+from ._playback import Listener, llm
+from ._server import TOKEN, server_process
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
+FAULTS = "first_byte_ms=300;rtf=0.5"
+
+
+async def speak(stream: lk_tts.SynthesizeStream, tokens: AsyncIterator[str], ear: Listener) -> None:
+    async def push() -> None:
+        async for tok in tokens:
+            stream.push_text(tok)
+        stream.end_input()
+
+    pusher = asyncio.create_task(push())
+    async for ev in stream:
+        ear.hear(1000 * ev.frame.duration)
+    await pusher
+    await stream.aclose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replies", type=int, default=12, help="how many corpus replies (max 40)")
+    parser.add_argument("--token-ms", type=float, default=30.0, help="pause between LLM tokens")
+    args = parser.parse_args()
+    replies = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    replies = random.Random(7).sample(replies, min(args.replies, len(replies)))
+    names = ("glmtts.TTS().stream() (ours)", "StreamAdapter(blingfire) around the same engine")
+    ttfa: dict[str, list[float]] = {n: [] for n in names}
+    silence: dict[str, list[float]] = {n: [] for n in names}
+    with server_process(FAULTS, engine="offline") as base_url:
+        async with CloudEngine(api_key=TOKEN, base_url=base_url, retry=RetryPolicy(max_retries=0)) as engine:
+            await engine.prewarm()
+            ours = glmtts.TTS(engine=engine)
+            adapted = lk_tts.StreamAdapter(tts=glmtts.TTS(engine=engine))
+            for i, text in enumerate(replies):
+                for name, tts in zip(names, (ours, adapted), strict=True):
+                    ear = Listener(time.monotonic())
+                    await speak(tts.stream(), llm(text, random.Random(i), args.token_ms), ear)
+                    first, gaps = ear.result()
+                    ttfa[name].append(first)
+                    silence[name].append(gaps)
+    print(f"{len(replies)} replies, tokens of 1-4 characters every {args.token_ms:.0f} ms, server {FAULTS}\n")
+    print(
+        "| way | time to first audio: median | p90 | silence between sentences per reply: median | p90 "
+        "| mean | replies with any silence |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        t, s = ttfa[name], silence[name]
+        print(
+            f"| {name} | {statistics.median(t):.0f} ms | {np.percentile(t, 90):.0f} ms "
+            f"| {statistics.median(s):.0f} ms | {np.percentile(s, 90):.0f} ms | {statistics.mean(s):.0f} ms "
+            f"| {sum(x > 20 for x in s)}/{len(s)} |"
+        )
+    a, b = names
+    ratio = statistics.median(ttfa[b]) / statistics.median(ttfa[a])
+    extra = statistics.mean(silence[b]) - statistics.mean(silence[a])
+    print(f"\nStreamAdapter / ours: time to first audio {ratio:.2f}x (median), silence {extra:+.0f} ms/reply")
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.WARNING)
+    asyncio.run(main())
