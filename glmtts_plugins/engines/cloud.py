@@ -8,18 +8,14 @@ import contextlib
 import json
 import logging
 import os
-import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import ClassVar
 
 import httpx
 
 from ..audio.wav import pcm_to_wav, wav_to_pcm
 from ..errors import (
-    APIConnectionError,
-    APITimeoutError,
     AuthenticationError,
-    GLMTTSError,
     InvalidRequestError,
     ServerError,
     TruncatedStreamError,
@@ -27,7 +23,8 @@ from ..errors import (
 )
 from ..text.limit import MAX_INPUT_CHARS, split_text
 from ..voices import DEFAULT_VOICE
-from .base import SAMPLE_RATE, BaseEngine, validate_request
+from .base import SAMPLE_RATE, validate_request
+from .http import HTTPEngine, RetryPolicy, _translate_errors
 from .sse import SSEDecoder
 
 __all__ = ["DEFAULT_BASE_URL", "CloudEngine", "RetryPolicy"]
@@ -41,54 +38,7 @@ DRAIN_TIMEOUT = 0.25
 _ACCEPT = {"Accept": "text/event-stream, audio/wav"}
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Retries for retryable errors, only before the first audio byte of a request was handed on.
-
-    Back-off is "full jitter": a random wait in ``[0, min(max_delay, base_delay * 2**attempt)]``.
-    A plain HTTP 500 is retried at most once, as the API reference advises.
-    """
-
-    max_retries: int = 2
-    base_delay: float = 0.2
-    max_delay: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0.0, min(self.max_delay, self.base_delay * (2**attempt)))
-
-
-class _BearerAuth(httpx.Auth):
-    """Adds the key at send time, so no header dict holding it lives in our frames' locals."""
-
-    def __init__(self, key: _Secret) -> None:
-        self._key = key
-
-    def __repr__(self) -> str:
-        return "_BearerAuth('***')"
-
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
-        request.headers["Authorization"] = "Bearer " + self._key.get()
-        yield request
-
-
-class _Secret:
-    """Holds the API key so that no repr, log line or traceback local shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
-
-
-class CloudEngine(BaseEngine):
+class CloudEngine(HTTPEngine):
     """GLM-TTS through the cloud API (or any server that speaks its protocol, e.g. ``glmtts serve``).
 
     One pooled keep-alive ``httpx.AsyncClient`` per engine, so consecutive requests reuse the
@@ -97,6 +47,7 @@ class CloudEngine(BaseEngine):
     """
 
     sample_rate = SAMPLE_RATE
+    _accept: ClassVar[dict[str, str]] = _ACCEPT
 
     def __init__(
         self,
@@ -117,34 +68,18 @@ class CloudEngine(BaseEngine):
                 f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {encode_format!r}",
                 field="encode_format",
             )
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("first_byte_timeout", first_byte_timeout),
-            ("read_timeout", read_timeout),
-        ):
-            if not value > 0:
-                raise InvalidRequestError(f"{name} must be > 0 seconds, got {value!r}", field=name)
-        key = api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None)
-        self._key = _Secret(key) if key else None
-        self._auth = _BearerAuth(self._key) if self._key else None
-        self.base_url = (base_url or os.environ.get("GLMTTS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        super().__init__(
+            api_key=api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None),
+            base_url=base_url or os.environ.get("GLMTTS_BASE_URL") or DEFAULT_BASE_URL,
+            connect_timeout=connect_timeout,
+            first_byte_timeout=first_byte_timeout,
+            read_timeout=read_timeout,
+            retry=retry,
+            http_client=http_client,
+        )
         self.model = model
         self.encode_format = encode_format
         self.watermark_enabled = watermark_enabled
-        self.first_byte_timeout = first_byte_timeout
-        self.read_timeout = read_timeout
-        self.retry = retry or RetryPolicy()
-        self._own_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=connect_timeout,
-                read=max(first_byte_timeout, read_timeout),
-                write=connect_timeout,
-                pool=connect_timeout,
-            ),
-            limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
-            trust_env=False,
-        )
 
     def __repr__(self) -> str:
         return f"CloudEngine(base_url={self.base_url!r}, model={self.model!r}, api_key={self._key!r})"
@@ -182,18 +117,6 @@ class CloudEngine(BaseEngine):
                 pcm += await self._with_retry(lambda b=body: self._fetch_wav(b))
         return pcm_to_wav(bytes(pcm), self.sample_rate)
 
-    async def prewarm(self) -> None:
-        """Open the keep-alive connection now, so the first request skips TCP and TLS set-up."""
-        try:
-            response = await self._client.request("HEAD", self.base_url + "/")
-            await response.aclose()
-        except httpx.HTTPError as exc:
-            logger.warning("prewarm could not reach %s: %s", self.base_url, type(exc).__name__)
-
-    async def aclose(self) -> None:
-        if self._own_client:
-            await self._client.aclose()
-
     # -- request plumbing -------------------------------------------------------------------------
 
     def _require_key(self) -> None:
@@ -218,59 +141,8 @@ class CloudEngine(BaseEngine):
             body["watermark_enabled"] = self.watermark_enabled
         return body
 
-    async def _with_retry(self, attempt_fn):  # type: ignore[no-untyped-def]
-        attempt = 0
-        while True:
-            try:
-                return await attempt_fn()
-            except GLMTTSError as exc:
-                if not self._should_retry(exc, attempt):
-                    raise
-                await self._backoff(exc, attempt)
-                attempt += 1
-
-    async def _stream_with_retry(self, body: dict) -> AsyncIterator[bytes]:
-        attempt = 0
-        while True:
-            yielded = False
-            try:
-                async with contextlib.aclosing(self._stream_once(body)) as chunks:
-                    async for chunk in chunks:
-                        yielded = True
-                        yield chunk
-                return
-            except GLMTTSError as exc:
-                if yielded or not self._should_retry(exc, attempt):
-                    if yielded:
-                        exc.retryable = False
-                    raise
-                await self._backoff(exc, attempt)
-                attempt += 1
-
-    def _should_retry(self, exc: GLMTTSError, attempt: int) -> bool:
-        if not exc.retryable or attempt >= self.retry.max_retries:
-            return False
-        return not (exc.status == 500 and exc.code in (None, "500") and attempt >= 1)
-
-    async def _backoff(self, exc: GLMTTSError, attempt: int) -> None:
-        delay = self.retry.delay(attempt)
-        logger.info("retrying after %s in %.2fs (attempt %d)", type(exc).__name__, delay, attempt + 1)
-        await asyncio.sleep(delay)
-
-    async def _open(self, body: dict, deadline: float) -> httpx.Response:
-        """Send the request and wait for the response head, within the first-byte deadline."""
-        async with _translate_errors(self.url, "first byte"), asyncio.timeout_at(deadline):
-            request = self._client.build_request("POST", self.url, json=body, headers=_ACCEPT)
-            response = await self._client.send(request, auth=self._auth, stream=True)
-        if response.status_code != 200 or response.headers.get("content-type", "").startswith(
-            "application/json"
-        ):
-            try:
-                async with _translate_errors(self.url, "first byte"), asyncio.timeout_at(deadline):
-                    await _raise_for_response(response)
-            finally:
-                await response.aclose()
-        return response
+    async def _raise_for_response(self, response: httpx.Response) -> None:
+        await _raise_cloud_error(response)
 
     async def _stream_once(self, body: dict) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -403,7 +275,7 @@ def _handle_event(
     return finished, request_id
 
 
-async def _raise_for_response(response: httpx.Response) -> None:
+async def _raise_cloud_error(response: httpx.Response) -> None:
     request_id = response.headers.get("x-request-id")
     body = await response.aread()
     code = message = None
@@ -415,32 +287,3 @@ async def _raise_for_response(response: httpx.Response) -> None:
     raise error_from_code(
         response.status_code, code, message or f"HTTP {response.status_code}", request_id=request_id
     )
-
-
-class _translate_errors:
-    """Map httpx and timeout failures to the package's errors, naming the phase that failed."""
-
-    __slots__ = ("phase", "request_id", "url")
-
-    def __init__(self, url: str, phase: str, request_id: str | None = None) -> None:
-        self.url, self.phase, self.request_id = url, phase, request_id
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-        if exc is None or isinstance(exc, GLMTTSError):
-            return False
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            message = f"{self.phase} timeout from {self.url}"
-            raise APITimeoutError(message, request_id=self.request_id) from None
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and self.phase == "read":
-            raise TruncatedStreamError(
-                f"the connection to {self.url} broke mid-stream ({type(exc).__name__})",
-                request_id=self.request_id,
-            ) from None
-        if isinstance(exc, httpx.HTTPError):
-            raise APIConnectionError(
-                f"connection to {self.url} failed: {type(exc).__name__}", request_id=self.request_id
-            ) from None
-        return False
