@@ -1,11 +1,21 @@
 """GLM-TTS for real-time voice agents: engines, a cancellable speech pipeline, audio and text helpers,
 and a local server.
 
-``CloudEngine`` speaks the Zhipu cloud API; ``OfflineEngine`` is an embedded espeak-ng stand-in for
+``CloudEngine`` speaks the Zhipu cloud API; ``VllmOmniEngine`` the open model served by
+vLLM-Omni; ``OfflineEngine`` is an embedded espeak-ng stand-in for
 development and CI (it is not GLM-TTS).
 """
 
-from .engines import SAMPLE_RATE, BaseEngine, CloudEngine, Engine, OfflineEngine
+from .engines import (
+    SAMPLE_RATE,
+    BaseEngine,
+    CloudEngine,
+    Engine,
+    OfflineEngine,
+    ReferenceVoice,
+    VllmOmniEngine,
+    VoiceRegistry,
+)
 from .engines.cloud import RetryPolicy
 from .errors import (
     APIConnectionError,
@@ -42,6 +52,7 @@ __all__ = [
     "OfflineEngine",
     "QuotaExceededError",
     "RateLimitError",
+    "ReferenceVoice",
     "RetryPolicy",
     "Segment",
     "ServerError",
@@ -49,5 +60,7 @@ __all__ = [
     "Synthesizer",
     "TruncatedStreamError",
     "Utterance",
+    "VllmOmniEngine",
+    "VoiceRegistry",
     "__version__",
 ]

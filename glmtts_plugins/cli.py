@@ -127,11 +127,22 @@ def _serve(args: argparse.Namespace) -> None:
     from .server import serve
 
     tokens = [args.token] if args.token else None
+    voices = None
     if args.engine == "offline":
         from .engines.offline import OfflineEngine
 
         engine: BaseEngine = OfflineEngine()
         print(OFFLINE_NOTE, file=sys.stderr)
+    elif args.engine == "vllm-omni":
+        # gateway: the cloud's API, with named voices, in front of a vLLM-Omni server
+        if not args.upstream or not args.voices:
+            raise SystemExit("glmtts: --engine vllm-omni needs --upstream URL and --voices DIR_OR_FILE")
+        from .engines.vllm_omni import VllmOmniEngine
+
+        gateway = VllmOmniEngine(args.upstream, voices=args.voices)
+        voices = sorted(gateway.voices or ())
+        print(f"gateway to {gateway.base_url}, voices: {', '.join(voices)}", file=sys.stderr)
+        engine = gateway
     else:
         engine = _make_engine("cloud", args.upstream)
     try:
@@ -142,6 +153,7 @@ def _serve(args: argparse.Namespace) -> None:
             tokens=tokens,
             faults=args.fault,
             fault_header=args.fault_header,
+            voices=voices,
         )
     except ValueError as exc:
         raise SystemExit(f"glmtts: {exc}") from None
@@ -169,8 +181,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the cloud's API locally")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--engine", choices=("offline", "cloud"), default="offline")
-    serve.add_argument("--upstream", help="with --engine cloud: the upstream base URL")
+    serve.add_argument("--engine", choices=("offline", "cloud", "vllm-omni"), default="offline")
+    serve.add_argument(
+        "--upstream", help="with --engine cloud: the upstream base URL; with vllm-omni: the vLLM-Omni server"
+    )
+    serve.add_argument(
+        "--voices", help="with --engine vllm-omni: a folder (NAME.wav + NAME.txt) or TOML/JSON"
+    )
     serve.add_argument("--token", default=os.environ.get("GLMTTS_SERVER_TOKEN"), help="required bearer token")
     serve.add_argument("--fault", help="faults for every request, e.g. 'first_byte_ms=300;rtf=0.5'")
     serve.add_argument(

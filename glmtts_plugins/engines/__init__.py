@@ -1,7 +1,20 @@
-"""Engines turn text into 24 kHz 16-bit mono PCM: the cloud API, or an embedded offline stand-in."""
+"""Engines turn text into 24 kHz 16-bit mono PCM: the cloud API, a self-hosted vLLM-Omni, or an embedded
+offline stand-in."""
 
 from .base import SAMPLE_RATE, BaseEngine, Engine, validate_request
 from .cloud import CloudEngine
 from .offline import OfflineEngine
+from .references import ReferenceVoice, VoiceRegistry
+from .vllm_omni import VllmOmniEngine
 
-__all__ = ["SAMPLE_RATE", "BaseEngine", "CloudEngine", "Engine", "OfflineEngine", "validate_request"]
+__all__ = [
+    "SAMPLE_RATE",
+    "BaseEngine",
+    "CloudEngine",
+    "Engine",
+    "OfflineEngine",
+    "ReferenceVoice",
+    "VllmOmniEngine",
+    "VoiceRegistry",
+    "validate_request",
+]

@@ -174,9 +174,10 @@ def serve(
     tokens: Collection[str] | None = None,
     faults: str | None = None,
     fault_header: bool = False,
+    voices: Collection[str] | None = None,
 ) -> None:
     """Serve in the foreground until interrupted (``glmtts serve``); fault headers only when asked."""
     check_bind(host, tokens)
-    app = create_app(engine, tokens=tokens, faults=faults, fault_header=fault_header)
+    app = create_app(engine, tokens=tokens, faults=faults, fault_header=fault_header, voices=voices)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
     server.run(sockets=[listening_socket(host, port)])
