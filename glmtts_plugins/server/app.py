@@ -1,5 +1,8 @@
 """The local server's ASGI app: the cloud's ``POST /api/paas/v4/audio/speech``, from any engine.
 
+It also answers vLLM-Omni's OpenAI-compatible ``POST /v1/audio/speech`` (``ref_audio`` + ``ref_text``,
+raw PCM streaming), so a client for a self-hosted GLM-TTS can be tested offline.
+
 Built on Starlette (routing, requests) with a hand-written streaming response, because tests need to
 know exactly when the client went away: the response races the audio against ``http.disconnect``, and
 every request leaves a :class:`RequestRecord` saying how it ended.
@@ -9,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -27,24 +33,37 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..audio.wav import pcm_to_wav
+from ..audio.wav import pcm_to_wav, wav_to_pcm
 from ..engines.base import SAMPLE_RATE, Engine
 from ..errors import GLMTTSError, InvalidRequestError
 from ..text.limit import MAX_INPUT_CHARS
-from ..voices import VOICES
+from ..voices import DEFAULT_VOICE, VOICES
 from .faults import FAULT_HEADER, Faults
 
-__all__ = ["MAX_BODY_BYTES", "RequestRecord", "ServerState", "create_app"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "VLLM_MAX_BODY_BYTES",
+    "VLLM_PATH",
+    "RequestRecord",
+    "ServerState",
+    "create_app",
+]
 
 logger = logging.getLogger("glmtts_plugins.server")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_RECORDS = 10_000
 CLOUD_PATH = "/api/paas/v4/audio/speech"
+VLLM_PATH = "/v1/audio/speech"
+VLLM_MAX_BODY_BYTES = 16 * 1024 * 1024  # a data-URI reference recording is large
 
 
 class AbortConnection(Exception):
     """Raised inside a response to drop the TCP connection mid-stream (fault injection)."""
+
+
+class _InjectedStreamError(Exception):
+    """Raised by the pacing loop when the ``error_after`` fault is due."""
 
 
 @dataclass
@@ -54,6 +73,8 @@ class RequestRecord:
     id: str
     path: str
     body: dict = field(default_factory=dict)
+    #: request headers, names lower-cased; an ``authorization`` value is masked as ``Bearer ***``
+    headers: dict[str, str] = field(default_factory=dict)
     fault: str = ""
     status: int = 200
     code: str | None = None
@@ -159,16 +180,19 @@ async def _rechunk(source: AsyncIterator[bytes], size: int) -> AsyncIterator[byt
         yield bytes(pending)
 
 
-class SSEAudioResponse(Response):
-    """Streams an engine's audio as the cloud's SSE events, watching for the client going away."""
+class _AudioStreamResponse(Response):
+    """Streams an engine's audio, paced by the faults, racing it against the client going away.
+
+    Subclasses write the chunks (``_produce``); the base owns the race, the pacing and the bookkeeping.
+    """
 
     def __init__(
-        self, audio: AsyncIterator[bytes], *, faults: Faults, encode: str, rec: RequestRecord
+        self, audio: AsyncIterator[bytes], *, faults: Faults, rec: RequestRecord, content_type: str
     ) -> None:
-        super().__init__(media_type="text/event-stream")
-        self.audio, self.faults, self.encode, self.rec = audio, faults, encode, rec
+        super().__init__(media_type=content_type)
+        self.audio, self.faults, self.rec = audio, faults, rec
         self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"content-type", content_type.encode()),
             (b"cache-control", b"no-cache"),
             (b"x-request-id", rec.id.encode()),
         ]
@@ -207,6 +231,52 @@ class SSEAudioResponse(Response):
             data = data[n:]
             await asyncio.sleep(0)
 
+    async def _paced(self) -> AsyncIterator[bytes]:
+        """The audio re-cut and paced as the faults say; raises for ``disconnect_after``/``error_after``."""
+        f, rec = self.faults, self.rec
+        audio = _rechunk(self.audio, f.chunk_bytes) if f.chunk_bytes > 0 else self.audio
+        t0 = None
+        sent_seconds = 0.0
+        if f.first_byte_ms:
+            await asyncio.sleep(f.first_byte_ms / 1000)
+        async for chunk in audio:
+            if rec.events == f.disconnect_after:
+                raise AbortConnection
+            if rec.events == f.error_after:
+                raise _InjectedStreamError
+            if t0 is None:
+                t0 = time.monotonic()
+            if f.rtf > 0:
+                delay = t0 + sent_seconds * f.rtf - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif f.chunk_ms and rec.events:
+                await asyncio.sleep(f.chunk_ms / 1000)
+            sent_seconds += len(chunk) / (2 * SAMPLE_RATE)
+            if f.stamp and len(chunk) >= 8:
+                chunk = struct.pack("<Q", time.monotonic_ns()) + chunk[8:]
+            yield chunk
+
+    def _sent(self, chunk: bytes) -> None:
+        rec = self.rec
+        if rec.first_audio_at is None:
+            rec.first_audio_at = time.monotonic()
+        rec.events += 1
+        rec.audio_bytes += len(chunk)
+
+    async def _produce(self, send: Send) -> None:
+        raise NotImplementedError
+
+
+class SSEAudioResponse(_AudioStreamResponse):
+    """Streams an engine's audio as the cloud's SSE events, watching for the client going away."""
+
+    def __init__(
+        self, audio: AsyncIterator[bytes], *, faults: Faults, encode: str, rec: RequestRecord
+    ) -> None:
+        super().__init__(audio, faults=faults, rec=rec, content_type="text/event-stream; charset=utf-8")
+        self.encode = encode
+
     def _event(self, obj: dict, *, last: bool = False) -> bytes:
         eol = self.faults.eol
         head = b": keep-alive" + eol + eol if self.faults.comments else b""
@@ -219,45 +289,23 @@ class SSEAudioResponse(Response):
         f, rec = self.faults, self.rec
         created = int(time.time())
         base = {"id": rec.id, "created": created, "model": "glm-tts"}
-        audio = _rechunk(self.audio, f.chunk_bytes) if f.chunk_bytes > 0 else self.audio
-        t0 = None
-        sent_seconds = 0.0
         try:
-            if f.first_byte_ms:
-                await asyncio.sleep(f.first_byte_ms / 1000)
-            async for chunk in audio:
-                if rec.events == f.disconnect_after:
-                    raise AbortConnection
-                if rec.events == f.error_after:
-                    rec.code = f.error_code
-                    error = {"error": {"code": f.error_code, "message": "injected error"}}
-                    await self._write(send, self._event(error, last=True))
-                    break
-                if t0 is None:
-                    t0 = time.monotonic()
-                if f.rtf > 0:
-                    delay = t0 + sent_seconds * f.rtf - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                elif f.chunk_ms and rec.events:
-                    await asyncio.sleep(f.chunk_ms / 1000)
-                sent_seconds += len(chunk) / (2 * SAMPLE_RATE)
-                if f.stamp and len(chunk) >= 8:
-                    chunk = struct.pack("<Q", time.monotonic_ns()) + chunk[8:]
-                content = base64.b64encode(chunk).decode() if self.encode == "base64" else chunk.hex()
-                delta = {"role": "assistant", "return_sample_rate": SAMPLE_RATE, "content": content}
-                event = {**base, "choices": [{"index": rec.events, "delta": delta}]}
-                await self._write(send, self._event(event))
-                if rec.first_audio_at is None:
-                    rec.first_audio_at = time.monotonic()
-                rec.events += 1
-                rec.audio_bytes += len(chunk)
-            else:
-                if not f.no_finish:
-                    final = {"choices": [{"finish_reason": "stop", "index": rec.events}], **base}
-                    await self._write(send, self._event(final, last=not f.done))
-                if f.done:
-                    await self._write(send, b"data: [DONE]" + (b"" if f.no_trailing_newline else f.eol * 2))
+            async with contextlib.aclosing(self._paced()) as chunks:
+                async for chunk in chunks:
+                    content = base64.b64encode(chunk).decode() if self.encode == "base64" else chunk.hex()
+                    delta = {"role": "assistant", "return_sample_rate": SAMPLE_RATE, "content": content}
+                    event = {**base, "choices": [{"index": rec.events, "delta": delta}]}
+                    await self._write(send, self._event(event))
+                    self._sent(chunk)
+            if not f.no_finish:
+                final = {"choices": [{"finish_reason": "stop", "index": rec.events}], **base}
+                await self._write(send, self._event(final, last=not f.done))
+            if f.done:
+                await self._write(send, b"data: [DONE]" + (b"" if f.no_trailing_newline else f.eol * 2))
+        except _InjectedStreamError:
+            rec.code = f.error_code
+            error = {"error": {"code": f.error_code, "message": "injected error"}}
+            await self._write(send, self._event(error, last=True))
         except AbortConnection:
             rec.finish("aborted")
             raise
@@ -269,9 +317,42 @@ class SSEAudioResponse(Response):
         rec.finish("error" if rec.code else "completed")
 
 
+class PCMAudioResponse(_AudioStreamResponse):
+    """vLLM-Omni's ``stream_format: "audio"`` reply: raw s16le PCM in a chunked body, nothing else.
+
+    Raw PCM has no way to say "failed": an engine error or the ``error_after`` fault mid-stream drops the
+    connection (outcome ``error``), so the client sees a broken transfer instead of a clean, short end.
+    """
+
+    def __init__(self, audio: AsyncIterator[bytes], *, faults: Faults, rec: RequestRecord) -> None:
+        super().__init__(audio, faults=faults, rec=rec, content_type="audio/pcm")
+
+    async def _produce(self, send: Send) -> None:
+        f, rec = self.faults, self.rec
+        try:
+            async with contextlib.aclosing(self._paced()) as chunks:
+                async for chunk in chunks:
+                    await self._write(send, chunk)
+                    self._sent(chunk)
+        except AbortConnection:
+            rec.finish("aborted")
+            raise
+        except _InjectedStreamError:
+            rec.code = f.error_code
+            rec.finish("error")
+            raise AbortConnection from None
+        except GLMTTSError as exc:
+            rec.code = exc.code or ("1214" if isinstance(exc, InvalidRequestError) else "500")
+            rec.finish("error")
+            raise AbortConnection from exc
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        rec.finish("completed")
+
+
 async def _speech(request: Request) -> Response:
     state: ServerState = request.app.state.glmtts
     rec = state.record(request.url.path)
+    rec.headers = _masked_headers(request)
     auth = request.headers.get("authorization", "")
     if not auth.lower().startswith("bearer ") or not auth[7:].strip():
         return _error(401, "1001", "Header中未收到Authorization参数，无法进行身份验证。", rec)
@@ -331,6 +412,241 @@ async def _speech(request: Request) -> Response:
     return Response(data, media_type=media, headers={"X-Request-Id": rec.id})
 
 
+def _masked_headers(request: Request) -> dict[str, str]:
+    """The request's headers for the record, with the bearer token masked."""
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    if "authorization" in headers:
+        headers["authorization"] = "Bearer ***"
+    return headers
+
+
+# --- vLLM-Omni's OpenAI-compatible speech API ---------------------------------------------------------
+
+_DATA_PREFIXES = ("data:audio/wav;base64,", "data:audio/x-wav;base64,", "data:audio/wave;base64,")
+_URL_PREFIXES = ("http://", "https://", "file://")
+_REF_AUDIO_HELP = "a data:audio/wav;base64,... URI or an http://, https:// or file:// URL"
+VLLM_SPEED_RANGE = (0.25, 4.0)
+
+
+def _openai_type(status: int) -> str:
+    if status == 401:
+        return "AuthenticationError"
+    if status == 429:
+        return "RateLimitError"
+    return "InternalServerError" if status >= 500 else "BadRequestError"
+
+
+def _openai_error(status: int, message: str, rec: RequestRecord, param: str | None = None) -> JSONResponse:
+    """An OpenAI-shaped error: ``{"error": {"message", "type", "param", "code"}}`` (``code`` = the status)."""
+    rec.status, rec.code = status, str(status)
+    rec.finish("rejected")
+    error = {"message": message, "type": _openai_type(status), "param": param, "code": status}
+    return JSONResponse({"error": error}, status_code=status, headers={"X-Request-Id": rec.id})
+
+
+def _summarize_ref_audio(value: object) -> tuple[object, str | None]:
+    """``(what the record keeps instead of ref_audio, problem or None)``; a data URI must hold a WAV."""
+    if not isinstance(value, str) or not value.strip():
+        return value, f"ref_audio is required: {_REF_AUDIO_HELP}"
+    if value.startswith(_URL_PREFIXES):
+        return value, None  # accepted without fetching: the emulation only needs it to pick a voice
+    if not value.startswith("data:"):
+        return value[:200], f"ref_audio must be {_REF_AUDIO_HELP}, got {value[:40]!r}"
+    prefix = next((p for p in _DATA_PREFIXES if value.startswith(p)), None)
+    if prefix is None:
+        head = value.split(",", 1)[0][:60]
+        return {"kind": "data", "bytes": None}, (
+            f"ref_audio data URI must start with 'data:audio/wav;base64,' (the local emulation reads WAV "
+            f"only), got {head!r}"
+        )
+    try:
+        raw = base64.b64decode(value[len(prefix) :], validate=True)
+    except (binascii.Error, ValueError):
+        return {"kind": "data", "bytes": None}, "ref_audio data URI does not hold valid base64"
+    summary = {"kind": "data", "bytes": len(raw)}
+    try:
+        pcm, _rate, _channels = wav_to_pcm(raw)
+    except ValueError as exc:
+        return summary, f"ref_audio must be a 16-bit PCM WAV file: {exc}"
+    if not pcm:
+        return summary, "ref_audio is a WAV file without audio; give a 3-10 s recording"
+    return summary, None
+
+
+def _check_vllm_body(body: dict, ref_problem: str | None) -> tuple[str, str] | None:
+    """Validate like vLLM-Omni serving GLM-TTS; return ``(param, message)`` for the first problem.
+
+    ``ref_problem`` is what :func:`_summarize_ref_audio` found; unknown fields are ignored, like vLLM does.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        return "model", "model is required: a non-empty string naming the served model (zai-org/GLM-TTS)"
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        return "input", "input is required: a non-empty string of text to speak"
+    if ref_problem is not None:
+        return "ref_audio", ref_problem
+    ref_text = body.get("ref_text")
+    if not isinstance(ref_text, str) or not ref_text.strip():
+        return "ref_text", "ref_text is required: the non-empty transcript of the reference recording"
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return "stream", f"stream must be true or false, got {stream!r}"
+    fmt = body.get("response_format")
+    fmt = "wav" if fmt is None else fmt
+    if fmt in ("mp3", "flac"):
+        return "response_format", (
+            f"response_format {fmt!r} is not supported: the local emulation of vLLM-Omni supports only "
+            "pcm and wav"
+        )
+    if fmt not in ("pcm", "wav"):
+        return "response_format", f"response_format must be 'pcm' or 'wav', got {fmt!r}"
+    if stream:
+        if fmt != "pcm":
+            return "response_format", "streaming needs response_format 'pcm' (raw s16le 24 kHz mono)"
+        stream_format = body.get("stream_format")
+        if stream_format is not None and stream_format != "audio":
+            return "stream_format", (
+                f"stream_format must be 'audio' when stream is true (raw PCM), got {stream_format!r}"
+            )
+    speed = body.get("speed")
+    if speed is not None:
+        lo, hi = VLLM_SPEED_RANGE
+        ok = isinstance(speed, int | float) and not isinstance(speed, bool) and math.isfinite(speed)
+        if not ok or not lo <= speed <= hi:
+            return "speed", f"speed must be a number in [{lo}, {hi}], got {speed!r}"
+    return None
+
+
+def _voice_for(ref_audio: str) -> str:
+    """A named voice picked by a stable hash of the reference, so different references sound different."""
+    names = list(VOICES)
+    digest = hashlib.sha256(ref_audio.encode("utf-8", "surrogatepass")).digest()
+    return names[int.from_bytes(digest[:8], "big") % len(names)]
+
+
+def _voice_rejected(exc: GLMTTSError) -> bool:
+    field_name = getattr(exc, "field", None)
+    return isinstance(exc, InvalidRequestError) and (
+        field_name == "voice" or (field_name is None and exc.code == "1214")
+    )
+
+
+async def _aclose(stream: AsyncIterator[bytes]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _open_stream(
+    engine: Engine, text: str, *, voice: str, speed: float
+) -> tuple[AsyncIterator[bytes], bytes | None]:
+    """Start ``engine.stream`` and pull its first chunk, so a rejection still becomes an HTTP error.
+
+    Falls back to :data:`DEFAULT_VOICE` when the engine rejects ``voice``.
+    """
+    for name in dict.fromkeys((voice, DEFAULT_VOICE)):
+        stream = engine.stream(text, voice=name, speed=speed)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            return stream, None
+        except BaseException as exc:
+            await _aclose(stream)
+            if isinstance(exc, GLMTTSError) and name != DEFAULT_VOICE and _voice_rejected(exc):
+                continue
+            raise
+        return stream, first
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``first`` then the rest of the stream; closing this closes the engine's stream."""
+    try:
+        if first:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await _aclose(rest)
+
+
+def _engine_error(exc: GLMTTSError, rec: RequestRecord) -> JSONResponse:
+    status = exc.status or (400 if isinstance(exc, InvalidRequestError) else 500)
+    return _openai_error(status, exc.message, rec, getattr(exc, "field", None))
+
+
+async def _vllm_speech(request: Request) -> Response:
+    state: ServerState = request.app.state.glmtts
+    rec = state.record(request.url.path)
+    rec.headers = _masked_headers(request)
+    if state.tokens is not None:  # like ``vllm serve --api-key``: no tokens, no authentication
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b""
+        if not given or not any(hmac.compare_digest(given, t.encode()) for t in state.tokens):
+            return _openai_error(401, "missing or invalid bearer token in the Authorization header", rec)
+    too_big = f"request body over {VLLM_MAX_BODY_BYTES} bytes"
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > VLLM_MAX_BODY_BYTES:
+        return _openai_error(413, too_big, rec)
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > VLLM_MAX_BODY_BYTES:
+            return _openai_error(413, too_big, rec)
+    spec = request.headers.get(FAULT_HEADER, "") if state.fault_header else ""
+    rec.fault = spec
+    try:
+        faults = Faults.parse(spec, state.faults)
+    except ValueError as exc:
+        return _openai_error(400, f"bad {FAULT_HEADER}: {exc}", rec)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _openai_error(400, "request body is not valid JSON", rec)
+    if not isinstance(body, dict):
+        return _openai_error(400, "request body must be a JSON object", rec)
+    ref_summary, ref_problem = _summarize_ref_audio(body.get("ref_audio"))
+    rec.body = {**body, "ref_audio": ref_summary} if "ref_audio" in body else dict(body)
+    problem = _check_vllm_body(body, ref_problem)
+    if problem:
+        param, message = problem
+        return _openai_error(400, message, rec, param)
+    if faults.when_input and faults.when_input not in body["input"]:
+        faults = Faults()
+    if state.take_failure(faults, spec or "<server>"):
+        status = faults.status or (429 if faults.code in ("1302", "1303", "1113", "1304", "1308") else 400)
+        detail = f" (code {faults.code})" if faults.code else ""
+        return _openai_error(status, f"injected failure{detail}", rec)
+    speed = body.get("speed")
+    speed = 1.0 if speed is None else min(2.0, max(0.5, float(speed)))
+    voice = _voice_for(body["ref_audio"])
+    try:
+        stream, first = await _open_stream(state.engine, body["input"], voice=voice, speed=speed)
+    except GLMTTSError as exc:
+        return _engine_error(exc, rec)
+    audio = _prepend(first, stream)
+    if body.get("stream"):
+        return PCMAudioResponse(audio, faults=faults, rec=rec)
+    pcm = bytearray()
+    try:
+        async for chunk in audio:
+            pcm += chunk
+    except GLMTTSError as exc:
+        return _engine_error(exc, rec)
+    finally:
+        await audio.aclose()
+    if faults.first_byte_ms:
+        await asyncio.sleep(faults.first_byte_ms / 1000)
+    rec.audio_bytes = len(pcm)
+    rec.finish("completed")
+    if (body.get("response_format") or "wav") == "wav":
+        data, media = pcm_to_wav(bytes(pcm), SAMPLE_RATE), "audio/wav"
+    else:
+        data, media = bytes(pcm), "audio/pcm"
+    return Response(data, media_type=media, headers={"X-Request-Id": rec.id})
+
+
 async def _health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -356,15 +672,17 @@ def create_app(
     voices: Collection[str] | None = None,
     fault_header: bool = True,
 ) -> Starlette:
-    """Build the ASGI app serving ``engine`` with the cloud's protocol.
+    """Build the ASGI app serving ``engine`` with the cloud's protocol and vLLM-Omni's ``/v1/audio/speech``.
 
-    ``tokens``: accepted bearer tokens (None accepts any non-empty key, like a dev server).
+    ``tokens``: accepted bearer tokens (None accepts any non-empty key on the cloud path, like a dev
+    server, and no key at all on the vLLM path, like ``vllm serve`` without ``--api-key``).
     ``faults``: faults applied to every request; with ``fault_header`` a request's ``X-GLMTTS-Fault``
     header adds to them (tests want that; a shared server should not let clients stall it).
     """
     app = Starlette(
         routes=[
             Route(CLOUD_PATH, _speech, methods=["POST"]),
+            Route(VLLM_PATH, _vllm_speech, methods=["POST"]),
             Route("/health", _health, methods=["GET"]),
         ]
     )
