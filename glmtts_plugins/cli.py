@@ -63,7 +63,15 @@ def _has_key() -> bool:
     return any(os.environ.get(v) for v in KEY_ENV_VARS)
 
 
-def _make_engine(name: str | None, base_url: str | None) -> BaseEngine:
+def _make_engine(name: str | None, base_url: str | None, voices: str | None = None) -> BaseEngine:
+    if name == "vllm-omni":
+        if not base_url or not voices:
+            raise SystemExit(
+                "glmtts: --engine vllm-omni needs --base-url (the vLLM-Omni server) and --voices"
+            )
+        from .engines.vllm_omni import VllmOmniEngine
+
+        return VllmOmniEngine(base_url, voices=voices)
     if name is None:
         name = "cloud" if _has_key() or base_url else "offline"
         reason = "no key set" if name == "offline" else "a key is set" if _has_key() else "--base-url given"
@@ -80,7 +88,7 @@ def _make_engine(name: str | None, base_url: str | None) -> BaseEngine:
 
 async def _say(args: argparse.Namespace) -> None:
     text = sys.stdin.read() if args.text == "-" else args.text
-    async with _make_engine(args.engine, args.base_url) as engine:
+    async with _make_engine(args.engine, args.base_url, args.voices) as engine:
         timing = await timed_stream(engine, text, voice=args.voice, speed=args.speed, volume=args.volume)
     pcm = resample(timing.pcm, engine.sample_rate, args.rate)
     write_wav(args.output, pcm, args.rate)
@@ -175,8 +183,12 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default=DEFAULT_VOICE)
     say.add_argument("--speed", type=float, default=1.0)
     say.add_argument("--volume", type=float, default=1.0)
-    say.add_argument("--engine", choices=("offline", "cloud"))
-    say.add_argument("--base-url", help="a server speaking the cloud protocol (default: the Zhipu cloud)")
+    say.add_argument("--engine", choices=("offline", "cloud", "vllm-omni"))
+    say.add_argument(
+        "--base-url",
+        help="cloud: a server speaking its protocol (default: the Zhipu cloud); vllm-omni: the server",
+    )
+    say.add_argument("--voices", help="with --engine vllm-omni: a folder (NAME.wav + NAME.txt) or TOML/JSON")
 
     serve = sub.add_parser("serve", help="serve the cloud's API locally")
     serve.add_argument("--host", default="127.0.0.1")

@@ -88,3 +88,30 @@ def test_demo_writes_8k_and_16k_and_prints_a_table(tmp_path: Path) -> None:
     for name in files:
         rate = read_wav(tmp_path / name)[1]
         assert rate == (8000 if name.endswith("_8k.wav") else 16000)
+
+
+def test_say_with_the_vllm_omni_engine_and_named_voices(tmp_path: Path) -> None:
+    import numpy as np
+
+    from glmtts_plugins.audio import pcm_to_wav
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    t = np.arange(4 * 16000) / 16000
+    (voices / "support.wav").write_bytes(
+        pcm_to_wav((5000 * np.sin(2 * np.pi * 200 * t)).astype("<i2").tobytes(), 16000)
+    )
+    (voices / "support.txt").write_text("你好", encoding="utf-8")
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=["vllm-key"]) as server:
+        out = tmp_path / "v.wav"
+        env = {"VLLM_API_KEY": "vllm-key"}
+        args = ("--engine", "vllm-omni", "--base-url", server.root_url, "--voices", str(voices))
+        result = glmtts("say", "你好", "-o", str(out), *args, "--voice", "support", env=env)
+        bad = glmtts("say", "你好", "-o", str(out), *args, "--voice", "tongtong", env=env)
+        paths = [r.path for r in server.records]
+    assert result.returncode == 0, result.stderr
+    assert read_wav(out)[0] == tone.pcm("你好") and paths == ["/v1/audio/speech"]
+    assert (
+        bad.returncode != 0 and "Traceback" not in bad.stderr and "registered voices: support" in bad.stderr
+    )

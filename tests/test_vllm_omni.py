@@ -251,3 +251,37 @@ async def test_gateway_serves_the_cloud_api_with_named_voices(voice_dir: Path) -
                 assert await gw.wait_for(lambda: gw.records[-1].outcome == "disconnected", 2)
                 assert await upstream.wait_for(lambda: upstream.records[-1].outcome == "disconnected", 2)
             await gateway_engine.aclose()
+
+
+async def test_every_adapter_takes_the_engine_unchanged(voice_dir: Path) -> None:
+    """Pipecat and LiveKit with VllmOmniEngine: only the engine object changes."""
+    pytest.importorskip("pipecat")
+    pytest.importorskip("livekit.agents")
+    from livekit.plugins import glmtts
+    from pipecat.frames.frames import TTSAudioRawFrame, TTSSpeakFrame
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.tests.utils import run_test
+    from pipecat_glmtts import GLMHttpTTSService
+
+    from glmtts_plugins.audio import StreamResampler
+
+    tone = ToneEngine()
+    rs = StreamResampler(24000, 8000)
+    expected_8k = len(rs.process(tone.pcm(TEXT)) + rs.flush()) // 2
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        async with engine(srv, voice_dir) as eng:
+            service = GLMHttpTTSService(engine=eng, settings=GLMHttpTTSService.Settings(voice="agent_male"))
+            down, _ = await run_test(
+                service,
+                frames_to_send=[TTSSpeakFrame(TEXT)],
+                pipeline_params=PipelineParams(audio_out_sample_rate=8000),
+            )
+            got = sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) // 2
+            assert got == expected_8k
+            lk = glmtts.TTS(engine=eng, voice="agent_female")
+            frame = await lk.synthesize(TEXT).collect()
+            assert frame.samples_per_channel == len(tone.pcm(TEXT)) // 2
+        assert [r.body["ref_text"] for r in srv.records] == [
+            "您好，请问有什么可以帮您？",
+            "你好，欢迎致电星河银行。",
+        ]
