@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import httpx
 
-from ..audio.wav import pcm_to_wav, wav_to_pcm
+from ..audio.wav import pcm_to_wav
 from ..errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -191,27 +191,6 @@ class CloudEngine(HTTPEngine):
                             pass
         finally:
             await response.aclose()
-
-    async def _fetch_wav(self, body: dict) -> bytes:
-        loop = asyncio.get_running_loop()
-        response = await self._open(body, loop.time() + self.first_byte_timeout)
-        request_id = response.headers.get("x-request-id")
-        try:
-            # The body of a long text takes a while: bounded per read by the client's read timeout.
-            async with _translate_errors(self.url, "read", request_id):
-                data = await response.aread()
-        finally:
-            await response.aclose()
-        try:
-            pcm, rate, channels = wav_to_pcm(data)
-        except ValueError as exc:
-            raise ServerError(f"the server sent an unreadable WAV: {exc}", request_id=request_id) from None
-        if rate != self.sample_rate or channels != 1:
-            raise ServerError(
-                f"expected {self.sample_rate} Hz mono, got {rate} Hz with {channels} channels",
-                request_id=request_id,
-            )
-        return pcm
 
 
 def _decode_base64(data: str | bytes) -> bytes:

@@ -26,7 +26,7 @@ from typing import ClassVar
 import httpx
 import numpy as np
 
-from ..audio.wav import pcm_to_wav, wav_to_pcm
+from ..audio.wav import pcm_to_wav
 from ..errors import InvalidRequestError, ServerError, TruncatedStreamError, error_from_code
 from ..text.limit import MAX_INPUT_CHARS, split_text
 from ..voices import DEFAULT_VOICE
@@ -176,26 +176,6 @@ class VllmOmniEngine(HTTPEngine):
             raise ServerError("the server answered 200 with no audio", request_id=request_id)
         if carry:
             raise TruncatedStreamError("the audio stream ended inside a sample", request_id=request_id)
-
-    async def _fetch_wav(self, body: dict) -> bytes:
-        loop = asyncio.get_running_loop()
-        response = await self._open(body, loop.time() + self.first_byte_timeout)
-        request_id = response.headers.get("x-request-id")
-        try:
-            async with _translate_errors(self.url, "read", request_id):
-                data = await response.aread()
-        finally:
-            await response.aclose()
-        try:
-            pcm, rate, channels = wav_to_pcm(data)
-        except ValueError as exc:
-            raise ServerError(f"the server sent an unreadable WAV: {exc}", request_id=request_id) from None
-        if rate != self.sample_rate or channels != 1:
-            raise ServerError(
-                f"expected {self.sample_rate} Hz mono, got {rate} Hz with {channels} channels",
-                request_id=request_id,
-            )
-        return pcm
 
 
 def _gain(pcm: bytes, volume: float) -> bytes:
