@@ -41,7 +41,7 @@ from .audio.framer import FRAME_MS_CHOICES, Framer
 from .audio.g711 import lin2alaw, lin2ulaw
 from .audio.resampler import SUPPORTED_RATES, StreamResampler
 from .engines.base import Engine, validate_options
-from .errors import InvalidRequestError
+from .errors import GLMTTSError, InvalidRequestError
 from .text import MAX_INPUT_CHARS, Segmenter, is_speakable, speech_units, split_text, spoken_prefix
 from .voices import DEFAULT_VOICE
 
@@ -234,7 +234,8 @@ async def _from_list(pieces: list[str]) -> AsyncIterator[str]:
 
 async def _segmented(texts: AsyncIterable[str] | Iterable[str], segmenter: Segmenter) -> AsyncIterator[str]:
     if isinstance(texts, AsyncIterable):
-        async with contextlib.aclosing(aiter(texts)) as it:  # type: ignore[type-var]
+        it = aiter(texts)
+        async with _closing(it):
             async for text in it:
                 for piece in segmenter.push(_checked(text)):
                     yield piece
@@ -282,7 +283,8 @@ class Utterance:
         self._pieces: asyncio.Queue[object] = asyncio.Queue()
         self._piece: _Piece | None = None
         self._ready: collections.deque[SpeechFrame] = collections.deque()
-        self._samples_out = 0
+        self._samples_out = 0  # samples framed so far (frames may still wait in _ready)
+        self._yielded_ms = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._error: BaseException | None = None
         self._started = False
@@ -298,7 +300,7 @@ class Utterance:
     @property
     def audio_ms(self) -> float:
         """Duration of the audio yielded so far."""
-        return 1000 * self._samples_out / self.sample_rate
+        return self._yielded_ms
 
     @property
     def ttfa_ms(self) -> float | None:
@@ -364,6 +366,8 @@ class Utterance:
 
     async def __anext__(self) -> SpeechFrame:
         if not self._started:
+            if self._closed:  # cancelled before it started: never start
+                raise StopAsyncIteration
             self._start()
         try:
             while not self._ready:
@@ -375,7 +379,9 @@ class Utterance:
                 await self._step()
             if self._closed:
                 raise StopAsyncIteration
-            return self._ready.popleft()
+            frame = self._ready.popleft()
+            self._yielded_ms = frame.end_ms
+            return frame
         except StopAsyncIteration:
             raise
         except BaseException:  # an engine error, or the iterating task was cancelled
@@ -409,8 +415,10 @@ class Utterance:
                     self.segments.append(piece.segment)
                     self._spawn(self._fetch(piece))
                     self._pieces.put_nowait(piece)
-        except Exception as exc:  # bad streamed text, or the text source failed
-            self._pieces.put_nowait(exc)
+        except BaseException as exc:  # bad streamed text, or the text source failed (or was cancelled)
+            self._pieces.put_nowait(_terminal(exc, self._closed, "the text source"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         else:
             self._pieces.put_nowait(_END)
 
@@ -425,9 +433,12 @@ class Utterance:
             async with _closing(stream):
                 async for chunk in stream:
                     piece.chunks.put_nowait(chunk)
-        except Exception as exc:
-            exc.add_note(f"while speaking segment {piece.segment.index}: {piece.segment.text[:80]!r}")
-            piece.chunks.put_nowait(exc)
+        except BaseException as exc:
+            error = _terminal(exc, self._closed, "the engine's stream")
+            error.add_note(f"while speaking segment {piece.segment.index}: {piece.segment.text[:80]!r}")
+            piece.chunks.put_nowait(error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         else:
             piece.chunks.put_nowait(_END)
 
@@ -510,6 +521,14 @@ class Utterance:
         if not units:
             return _DEFAULT_MS_PER_UNIT
         return 1000 * sum(s.samples for s in done) / self.sample_rate / units
+
+
+def _terminal(exc: BaseException, closed: bool, what: str) -> BaseException:
+    """What the iterator raises for a producer's failure. A ``CancelledError`` that we did not cause
+    (the utterance is not closed) becomes an error, so the iterator ends instead of waiting forever."""
+    if isinstance(exc, asyncio.CancelledError) and not closed:
+        return GLMTTSError(f"{what} was cancelled by something other than this utterance")
+    return exc
 
 
 def _closing(stream: object) -> contextlib.AbstractAsyncContextManager[object]:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from glmtts_plugins import (
+    GLMTTSError,
     InvalidRequestError,
     ServerError,
     SpeechFrame,
@@ -531,3 +532,62 @@ async def test_randomized_cancels_leave_nothing_behind() -> None:
 def test_validate_request_still_rejects_empty_text_for_direct_engine_calls() -> None:
     with pytest.raises(InvalidRequestError):
         validate_request(" ", voice="tongtong", speed=1.0, volume=1.0)
+
+
+class PlainTokens:
+    """An async iterator with no ``aclose`` (not an async generator)."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self._tokens = iter(tokens)
+
+    def __aiter__(self) -> PlainTokens:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return next(self._tokens)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+async def test_text_source_without_aclose_is_spoken_to_the_end() -> None:
+    tone = ToneEngine()
+    utt = Synthesizer(tone, segmenter=per_sentence).speak_stream(PlainTokens(["你好。", "再见。"]))
+    frames = await collect(utt)
+    pieces = [seg.text for seg in utt.segments]
+    assert "".join(pieces) == "你好。再见。"  # the last piece, held in the segmenter, was spoken too
+    assert b"".join(f.audio for f in frames) == b"".join(tone.pcm(p) for p in pieces)
+
+
+class CancellingEngine(ToneEngine):
+    """An engine whose stream is cancelled from elsewhere (e.g. it awaited a task someone cancelled)."""
+
+    async def stream(self, text, **kw):  # type: ignore[no-untyped-def, override]
+        yield self.pcm(text)[:960]
+        raise asyncio.CancelledError
+
+
+async def test_a_cancelled_engine_stream_ends_the_utterance_with_an_error() -> None:
+    utt = Synthesizer(CancellingEngine()).speak("你好。")
+    frames: list[SpeechFrame] = []
+    with pytest.raises(GLMTTSError, match="cancelled"):
+        async with asyncio.timeout(5):  # before the fix the iterator waited forever
+            async for frame in utt:
+                frames.append(frame)
+    assert b"".join(f.audio for f in frames) == ToneEngine().pcm("你好。")[:960]
+    assert other_tasks() == set()
+
+
+async def test_cancel_before_iterating_means_no_request() -> None:
+    async with served() as (srv, cloud):
+        utt = Synthesizer(cloud).speak("你好。")
+        await utt.cancel()
+        assert await collect(utt) == []
+        assert srv.records == []
+
+
+async def test_audio_ms_counts_only_yielded_audio() -> None:
+    utt = Synthesizer(ToneEngine(chunk_bytes=48000)).speak("你好，这里是星河银行。")  # 1 s chunks
+    first = await anext(aiter(utt))
+    await utt.cancel()
+    assert utt.audio_ms == first.duration_ms == 20.0

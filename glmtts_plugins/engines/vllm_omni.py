@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_MODEL", "VllmOmniEngine"]
 
 DEFAULT_MODEL = "zai-org/GLM-TTS"
 KEY_ENV_VAR = "VLLM_API_KEY"
+_RAW_PCM_TYPES = frozenset({"audio/pcm", "audio/l16", "application/octet-stream", ""})
 
 
 class VllmOmniEngine(HTTPEngine):
@@ -49,7 +50,10 @@ class VllmOmniEngine(HTTPEngine):
     """
 
     sample_rate = SAMPLE_RATE
-    _accept: ClassVar[dict[str, str]] = {"Accept": "audio/pcm, audio/wav, application/json"}
+    _accept: ClassVar[dict[str, str]] = {
+        "Accept": "audio/pcm, audio/wav, application/json",
+        "Accept-Encoding": "identity",  # raw audio is read as it arrives; never compressed
+    }
 
     def __init__(
         self,
@@ -152,6 +156,14 @@ class VllmOmniEngine(HTTPEngine):
         deadline = loop.time() + self.first_byte_timeout
         response = await self._open(body, deadline)
         request_id = response.headers.get("x-request-id")
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        encoding = response.headers.get("content-encoding", "identity").lower()
+        if kind not in _RAW_PCM_TYPES or encoding != "identity":
+            await response.aclose()
+            raise ServerError(
+                f"expected a raw PCM stream, got content-type {kind or 'none'!r} ({encoding})",
+                request_id=request_id,
+            )
         carry = b""
         got_audio = False
         try:
