@@ -163,7 +163,7 @@ def _serve(args: argparse.Namespace) -> None:
             fault_header=args.fault_header,
             voices=voices,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # a refused bind address, a port in use
         raise SystemExit(f"glmtts: {exc}") from None
 
 

@@ -179,5 +179,6 @@ def serve(
     """Serve in the foreground until interrupted (``glmtts serve``); fault headers only when asked."""
     check_bind(host, tokens)
     app = create_app(engine, tokens=tokens, faults=faults, fault_header=fault_header, voices=voices)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
-    server.run(sockets=[listening_socket(host, port)])
+    sock = listening_socket(host, port)  # an OSError (port in use) surfaces before uvicorn starts
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    server.run(sockets=[sock])

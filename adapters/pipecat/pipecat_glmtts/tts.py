@@ -197,9 +197,13 @@ class GLMHttpTTSService(TTSService):
     @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         """Speak one text: audio frames at ``self.sample_rate``, or an ``ErrorFrame`` with its category."""
-        if self._synth is None:  # run_tts before start(): not in a running pipeline
-            self._synth = self._make_synthesizer()
-        utt = self._synth.speak(text)
+        try:
+            if self._synth is None:  # start() failed or was not run: the rate is checked here
+                self._synth = self._make_synthesizer()
+            utt = self._synth.speak(text)
+        except GLMTTSError as exc:
+            yield ErrorFrame(error=f"GLM-TTS: {exc}", exception=exc, category=error_category(exc))
+            return
         self._utterances[context_id] = utt
         counted = False
         try:
