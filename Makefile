@@ -22,6 +22,8 @@ bench: $(VENV)/.stamp-test  # every benchmark; each also runs alone with `.venv/
 	$(BIN)/python -m bench.g711
 	$(BIN)/python -m bench.segmenter
 	$(BIN)/python -m bench.speech
+	$(BIN)/python -m bench.pipecat_tts
+	$(BIN)/python -m bench.livekit_tts
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
