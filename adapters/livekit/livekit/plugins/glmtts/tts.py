@@ -227,13 +227,15 @@ async def _push(utterance: core.Utterance, emitter: tts.AudioEmitter, *, timed: 
                     text = frame.segment_text + (" " if frame.segment_text[-1:].isascii() else "")
                     emitter.push_timed_transcript(TimedString(text, start_time=frame.start_ms / 1000))
             emitter.push(frame.audio)
-    except core.GLMTTSError as exc:
+    except Exception as exc:  # a core error, or anything a custom engine raises
         if utterance.audio_ms > 0:
             # deliver every frame pushed before the failure: on an error the base class closes the emitter
             # without draining it, which would drop up to a few hundred ms of audio already produced
             emitter.end_input()
             await emitter.join()
-        raise _livekit_error(exc, audio_sent=utterance.audio_ms > 0) from exc
+        if isinstance(exc, core.GLMTTSError):
+            raise _livekit_error(exc, audio_sent=utterance.audio_ms > 0) from exc
+        raise
     finally:
         await utterance.cancel()
 
