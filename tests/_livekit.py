@@ -8,7 +8,7 @@ import time
 from livekit import rtc
 from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities
 
-__all__ = ["RealtimeSink"]
+__all__ = ["RealtimeSink", "assert_pushed_audio"]
 
 
 class RealtimeSink(AudioOutput):
@@ -54,3 +54,14 @@ class RealtimeSink(AudioOutput):
         played = min(self._pushed, time.time() - self._start)
         self.on_playback_finished(playback_position=played, interrupted=True)
         self._pushed = 0.0
+
+
+def assert_pushed_audio(frames: list[rtc.AudioFrame], expected: bytes) -> None:
+    """The audio LiveKit delivered is exactly ``expected`` (16-bit PCM), nothing lost or added, except
+    the 10 ms of silence LiveKit's emitter appends as an end-of-segment marker when it had already
+    flushed everything (it does so when audio arrived slower than real time)."""
+    got = b"".join(bytes(f.data) for f in frames)
+    rate = frames[0].sample_rate
+    assert got[: len(expected)] == expected
+    tail = got[len(expected) :]
+    assert len(tail) in (0, 2 * rate // 100) and not any(tail), f"{len(tail)} extra bytes"
