@@ -287,3 +287,12 @@ async def test_every_adapter_takes_the_engine_unchanged(voice_dir: Path) -> None
             "您好，请问有什么可以帮您？",
             "你好，欢迎致电星河银行。",
         ]
+
+
+async def test_closing_the_stream_closes_the_upstream_request(voice_dir: Path) -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=1") as srv:
+        async with engine(srv, voice_dir) as eng:
+            chunks = eng.stream(TEXT * 3, voice="agent_female")
+            await anext(chunks)
+            await chunks.aclose()  # what a gateway does when its client goes away
+            assert await srv.wait_for(lambda: srv.records[0].outcome == "disconnected", 2)

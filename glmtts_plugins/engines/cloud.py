@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,6 @@ from ..errors import (
     TruncatedStreamError,
     error_from_code,
 )
-from ..text.limit import MAX_INPUT_CHARS, split_text
 from ..voices import DEFAULT_VOICE
 from .base import SAMPLE_RATE, validate_request
 from .http import HTTPEngine, RetryPolicy, _translate_errors
@@ -96,13 +96,10 @@ class CloudEngine(HTTPEngine):
         """Yield PCM chunks (even lengths) as the server sends them."""
         validate_request(text, voice=voice, speed=speed, volume=volume)
         self._require_key()
-        for piece in split_text(text, MAX_INPUT_CHARS):
-            if not piece.strip():
-                continue
-            body = self._body(piece, voice, speed, volume, stream=True)
-            async with contextlib.aclosing(self._stream_with_retry(body)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+        body = functools.partial(self._body, voice=voice, speed=speed, volume=volume)
+        async with contextlib.aclosing(self._stream_pieces(text, body)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def synthesize(
         self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
@@ -110,12 +107,8 @@ class CloudEngine(HTTPEngine):
         """Whole-WAV mode: one non-streaming request per piece of at most 1024 characters."""
         validate_request(text, voice=voice, speed=speed, volume=volume)
         self._require_key()
-        pcm = bytearray()
-        for piece in split_text(text, MAX_INPUT_CHARS):
-            if piece.strip():
-                body = self._body(piece, voice, speed, volume, stream=False)
-                pcm += await self._with_retry(lambda b=body: self._fetch_wav(b))
-        return pcm_to_wav(bytes(pcm), self.sample_rate)
+        body = functools.partial(self._body, voice=voice, speed=speed, volume=volume)
+        return pcm_to_wav(await self._fetch_pieces(text, body), self.sample_rate)
 
     # -- request plumbing -------------------------------------------------------------------------
 
@@ -125,7 +118,7 @@ class CloudEngine(HTTPEngine):
                 "no GLM-TTS API key: pass api_key=... or set ZAI_API_KEY (or ZHIPUAI_API_KEY)"
             )
 
-    def _body(self, text: str, voice: str, speed: float, volume: float, *, stream: bool) -> dict:
+    def _body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
         body: dict = {
             "model": self.model,
             "input": text,

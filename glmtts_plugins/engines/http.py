@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,6 +21,7 @@ from ..errors import (
     ServerError,
     TruncatedStreamError,
 )
+from ..text.limit import MAX_INPUT_CHARS, split_text
 from .base import BaseEngine
 
 __all__ = ["HTTPEngine", "RetryPolicy"]
@@ -142,6 +143,23 @@ class HTTPEngine(BaseEngine):
     async def aclose(self) -> None:
         if self._own_client:
             await self._client.aclose()
+
+    async def _stream_pieces(self, text: str, body: Callable[[str, bool], dict]) -> AsyncIterator[bytes]:
+        """Stream ``text`` as one request per piece of at most 1024 characters, in order."""
+        for piece in split_text(text, MAX_INPUT_CHARS):
+            if piece.strip():
+                async with contextlib.aclosing(self._stream_with_retry(body(piece, True))) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+
+    async def _fetch_pieces(self, text: str, body: Callable[[str, bool], dict]) -> bytes:
+        """Whole-WAV mode: the PCM of one non-streaming request per piece, concatenated."""
+        pcm = bytearray()
+        for piece in split_text(text, MAX_INPUT_CHARS):
+            if piece.strip():
+                request = body(piece, False)
+                pcm += await self._with_retry(lambda b=request: self._fetch_wav(b))
+        return bytes(pcm)
 
     async def _with_retry(self, attempt_fn):  # type: ignore[no-untyped-def]
         attempt = 0

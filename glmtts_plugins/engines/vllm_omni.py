@@ -17,6 +17,8 @@ Verified only against the local server's emulation of this API (``glmtts serve``
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -28,7 +30,6 @@ import numpy as np
 
 from ..audio.wav import pcm_to_wav
 from ..errors import InvalidRequestError, ServerError, TruncatedStreamError, error_from_code
-from ..text.limit import MAX_INPUT_CHARS, split_text
 from ..voices import DEFAULT_VOICE
 from .base import SAMPLE_RATE, validate_request
 from .http import HTTPEngine, RetryPolicy, _translate_errors
@@ -104,25 +105,18 @@ class VllmOmniEngine(HTTPEngine):
     ) -> AsyncIterator[bytes]:
         """Yield PCM chunks (even lengths) as the server produces them."""
         validate_request(text, voice=voice, speed=speed, volume=volume)
-        reference = self._reference(voice)
-        for piece in split_text(text, MAX_INPUT_CHARS):
-            if piece.strip():
-                body = self._body(piece, reference, speed, stream=True)
-                async for chunk in self._stream_with_retry(body):
-                    yield _gain(chunk, volume)
+        body = functools.partial(self._body, reference=self._reference(voice), speed=speed)
+        async with contextlib.aclosing(self._stream_pieces(text, body)) as chunks:
+            async for chunk in chunks:
+                yield _gain(chunk, volume)
 
     async def synthesize(
         self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
     ) -> bytes:
         """Whole-WAV mode: one non-streaming request per piece of at most 1024 characters."""
         validate_request(text, voice=voice, speed=speed, volume=volume)
-        reference = self._reference(voice)
-        pcm = bytearray()
-        for piece in split_text(text, MAX_INPUT_CHARS):
-            if piece.strip():
-                body = self._body(piece, reference, speed, stream=False)
-                pcm += await self._with_retry(lambda b=body: self._fetch_wav(b))
-        return pcm_to_wav(_gain(bytes(pcm), volume), self.sample_rate)
+        body = functools.partial(self._body, reference=self._reference(voice), speed=speed)
+        return pcm_to_wav(_gain(await self._fetch_pieces(text, body), volume), self.sample_rate)
 
     def _reference(self, voice: str) -> ReferenceVoice:
         if self.voices is None:
@@ -133,12 +127,12 @@ class VllmOmniEngine(HTTPEngine):
             )
         return self.voices.get_voice(voice)
 
-    def _body(self, text: str, ref: ReferenceVoice, speed: float, *, stream: bool) -> dict:
+    def _body(self, text: str, stream: bool, *, reference: ReferenceVoice, speed: float) -> dict:
         body: dict = {
             "model": self.model,
             "input": text,
-            "ref_audio": ref.ref_audio,
-            "ref_text": ref.ref_text,
+            "ref_audio": reference.ref_audio,
+            "ref_text": reference.ref_text,
             "stream": stream,
             "response_format": "pcm" if stream else "wav",
         }
