@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -215,6 +215,8 @@ class _AudioStreamResponse(Response):
                 self.rec.finish("disconnected")
             return
         if producer.done() and not producer.cancelled() and producer.exception() is not None:
+            if self.rec.outcome == "running":  # an unexpected failure still ends the record
+                self.rec.finish("error")
             raise producer.exception()  # type: ignore[misc]
 
     async def _watch(self, receive: Receive) -> None:
@@ -349,6 +351,20 @@ class PCMAudioResponse(_AudioStreamResponse):
         rec.finish("completed")
 
 
+async def _read_body(request: Request, rec: RequestRecord, limit: int) -> bytes | None:
+    """The request body, or None when it is over ``limit``; a client gone mid-body is recorded as such."""
+    raw = bytearray()
+    try:
+        async for part in request.stream():
+            raw += part
+            if len(raw) > limit:
+                return None
+    except ClientDisconnect:
+        rec.finish("disconnected")
+        raise
+    return bytes(raw)
+
+
 async def _speech(request: Request) -> Response:
     state: ServerState = request.app.state.glmtts
     rec = state.record(request.url.path)
@@ -362,11 +378,9 @@ async def _speech(request: Request) -> Response:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         return _error(413, "1210", f"request body over {MAX_BODY_BYTES} bytes", rec)
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > MAX_BODY_BYTES:
-            return _error(413, "1210", f"request body over {MAX_BODY_BYTES} bytes", rec)
+    raw = await _read_body(request, rec, MAX_BODY_BYTES)
+    if raw is None:
+        return _error(413, "1210", f"request body over {MAX_BODY_BYTES} bytes", rec)
     spec = request.headers.get(FAULT_HEADER, "") if state.fault_header else ""
     rec.fault = spec
     try:
@@ -589,11 +603,9 @@ async def _vllm_speech(request: Request) -> Response:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > VLLM_MAX_BODY_BYTES:
         return _openai_error(413, too_big, rec)
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > VLLM_MAX_BODY_BYTES:
-            return _openai_error(413, too_big, rec)
+    raw = await _read_body(request, rec, VLLM_MAX_BODY_BYTES)
+    if raw is None:
+        return _openai_error(413, too_big, rec)
     spec = request.headers.get(FAULT_HEADER, "") if state.fault_header else ""
     rec.fault = spec
     try:
