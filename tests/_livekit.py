@@ -6,9 +6,11 @@ import asyncio
 import time
 
 from livekit import rtc
+from livekit.agents import Agent, AgentSession
 from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities
+from livekit.agents.voice.transcription import TranscriptSynchronizer
 
-__all__ = ["RealtimeSink", "assert_pushed_audio"]
+__all__ = ["RealtimeSink", "assert_pushed_audio", "start_roomless"]
 
 
 class RealtimeSink(AudioOutput):
@@ -65,3 +67,14 @@ def assert_pushed_audio(frames: list[rtc.AudioFrame], expected: bytes) -> None:
     assert got[: len(expected)] == expected
     tail = got[len(expected) :]
     assert len(tail) in (0, 2 * rate // 100) and not any(tail), f"{len(tail)} extra bytes"
+
+
+async def start_roomless(session: AgentSession, agent: Agent) -> tuple[RealtimeSink, TranscriptSynchronizer]:
+    """Start ``session`` with no room: a real-time sink behind LiveKit's transcript synchronizer (what
+    RoomIO adds in a room), so interrupted replies keep only the text that was played."""
+    sink = RealtimeSink()
+    sync = TranscriptSynchronizer(next_in_chain_audio=sink, next_in_chain_text=None)
+    session.output.audio = sync.audio_output
+    session.output.transcription = sync.text_output
+    await session.start(agent=agent)
+    return sink, sync

@@ -8,13 +8,12 @@ import pytest
 
 pytest.importorskip("livekit.agents")
 
-from livekit.agents.voice.transcription import TranscriptSynchronizer
 
 from examples.livekit_agent.agent import GREETING, AgentConfig, CallCenterAgent, build_session
 from glmtts_plugins import OfflineEngine
 from glmtts_plugins.server import LocalServer
 
-from ._livekit import RealtimeSink
+from ._livekit import start_roomless
 
 TOKEN = "example-token-3b1c"
 
@@ -22,11 +21,7 @@ TOKEN = "example-token-3b1c"
 async def test_agent_session_says_the_greeting_and_stops_on_interruption() -> None:
     with LocalServer(OfflineEngine(), tokens=[TOKEN], faults="rtf=0.5") as srv:
         session = build_session(AgentConfig(tts_base_url=srv.base_url, tts_api_key=TOKEN))
-        sink = RealtimeSink()
-        sync = TranscriptSynchronizer(next_in_chain_audio=sink, next_in_chain_text=None)
-        session.output.audio = sync.audio_output
-        session.output.transcription = sync.text_output
-        await session.start(agent=CallCenterAgent())  # no room: LiveKit server not needed
+        sink, sync = await start_roomless(session, CallCenterAgent())  # no LiveKit server needed
 
         # a full greeting first: all of its audio arrives, at 24 kHz, as real speech
         await session.say(GREETING).wait_for_playout()

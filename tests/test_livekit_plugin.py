@@ -13,7 +13,6 @@ pytest.importorskip("livekit.agents")
 
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError
-from livekit.agents.voice.transcription import TranscriptSynchronizer
 from livekit.plugins import glmtts
 
 from glmtts_plugins.audio import StreamResampler
@@ -21,7 +20,7 @@ from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.text import Segmenter
 
-from ._livekit import RealtimeSink, assert_pushed_audio
+from ._livekit import assert_pushed_audio, start_roomless
 from .conftest import API_KEY
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
@@ -255,11 +254,7 @@ async def test_roomless_agent_session_say_then_interrupt() -> None:
     with LocalServer(ToneEngine(ms_per_char=150), tokens=[API_KEY], faults="rtf=0.5") as srv:
         async with plugin(srv) as tts:
             session = AgentSession(tts=tts)
-            sink = RealtimeSink()
-            sync = TranscriptSynchronizer(next_in_chain_audio=sink, next_in_chain_text=None)
-            session.output.audio = sync.audio_output
-            session.output.transcription = sync.text_output
-            await session.start(Agent(instructions="客服"))
+            sink, sync = await start_roomless(session, Agent(instructions="客服"))
             handle = session.say(text)
             await asyncio.sleep(2.5)
             handle.interrupt()

@@ -166,12 +166,7 @@ class ChunkedStream(tts.ChunkedStream):
         self._tts: TTS = tts
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        output_emitter.initialize(
-            request_id=utils.shortuuid(),
-            sample_rate=self._tts.sample_rate,
-            num_channels=1,
-            mime_type="audio/pcm",
-        )
+        _initialize(output_emitter, self._tts.sample_rate, stream=False)
         await _push(self._tts._synthesizer().speak(self.input_text), output_emitter, timed=False)
         if not is_speakable(self.input_text):
             _push_silence(output_emitter, self._tts.sample_rate)
@@ -189,13 +184,7 @@ class SynthesizeStream(tts.SynthesizeStream):
         self._tts: TTS = tts
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        output_emitter.initialize(
-            request_id=utils.shortuuid(),
-            sample_rate=self._tts.sample_rate,
-            num_channels=1,
-            mime_type="audio/pcm",
-            stream=True,
-        )
+        _initialize(output_emitter, self._tts.sample_rate, stream=True)
         output_emitter.start_segment(segment_id=utils.shortuuid())
         said: list[str] = []
 
@@ -250,6 +239,17 @@ def _livekit_error(exc: core.GLMTTSError, *, audio_sent: bool) -> APIError:
         return APIConnectionError(message, retryable=retryable)
     return APIStatusError(
         message, status_code=exc.status or -1, request_id=exc.request_id, body=exc.code, retryable=retryable
+    )
+
+
+def _initialize(emitter: tts.AudioEmitter, sample_rate: int, *, stream: bool) -> None:
+    """Raw 16-bit mono PCM at the plugin's rate; the core's request ids are per piece, so one of our own."""
+    emitter.initialize(
+        request_id=utils.shortuuid(),
+        sample_rate=sample_rate,
+        num_channels=1,
+        mime_type="audio/pcm",
+        stream=stream,
     )
 
 
