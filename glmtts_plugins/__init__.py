@@ -29,6 +29,7 @@ from .errors import (
     ServerError,
     TruncatedStreamError,
 )
+from .options import VoiceOptions, resolve_engine
 from .synthesizer import ENCODINGS, Encoding, Segment, SpeechFrame, Synthesizer, Utterance
 from .voices import DEFAULT_VOICE, VOICES
 
@@ -61,6 +62,8 @@ __all__ = [
     "TruncatedStreamError",
     "Utterance",
     "VllmOmniEngine",
+    "VoiceOptions",
     "VoiceRegistry",
     "__version__",
+    "resolve_engine",
 ]

@@ -71,10 +71,11 @@ class QuotaExceededError(GLMTTSError):
     """Balance exhausted, account in arrears or daily quota reached (1110-1121, 1304, 1308): not retryable."""
 
 
-class InvalidRequestError(GLMTTSError):
+class InvalidRequestError(GLMTTSError, ValueError):
     """A field the API rejects (unknown voice 1214, input too long 1261, out-of-range speed, ...).
 
-    Raised before any request when local validation catches it; ``field`` then names the field.
+    Raised before any request when local validation catches it; ``field`` then names the field. It is
+    also a ``ValueError``, so a bad constructor or option argument is caught as frameworks expect.
     """
 
     def __init__(self, message: str, *, field: str | None = None, **kwargs: object) -> None:

@@ -40,8 +40,9 @@ from typing import Literal, Self, get_args
 from .audio.framer import FRAME_MS_CHOICES, Framer
 from .audio.g711 import lin2alaw, lin2ulaw
 from .audio.resampler import SUPPORTED_RATES, StreamResampler
-from .engines.base import Engine, validate_options
+from .engines.base import Engine
 from .errors import GLMTTSError, InvalidRequestError
+from .options import VoiceOptions
 from .text import MAX_INPUT_CHARS, Segmenter, is_speakable, speech_units, split_text, spoken_prefix
 from .voices import DEFAULT_VOICE
 
@@ -96,13 +97,6 @@ class Segment:
     """``time.monotonic()`` when its request started."""
     first_audio_at: float | None = None
     """``time.monotonic()`` when its first audio reached the utterance's iterator."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    voice: str
-    speed: float
-    volume: float
 
 
 class _Piece:
@@ -167,7 +161,7 @@ class Synthesizer:
             )
         if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
             raise InvalidRequestError(f"prefetch must be an integer >= 0; got {prefetch!r}", field="prefetch")
-        validate_options(voice=voice, speed=speed, volume=volume)
+        options = VoiceOptions(voice, speed, volume)
         self.engine = engine
         self.sample_rate = sample_rate
         self.encoding: Encoding = encoding
@@ -175,7 +169,7 @@ class Synthesizer:
         self.prefetch = prefetch
         self.pad_frames = pad_frames
         self._segmenter = segmenter
-        self._options = _Options(voice, speed, volume)
+        self._options = options
 
     @property
     def voice(self) -> str:
@@ -193,32 +187,36 @@ class Synthesizer:
         self, *, voice: str | None = None, speed: float | None = None, volume: float | None = None
     ) -> None:
         """Change voice settings for utterances started from now on (a running one keeps its own)."""
-        new = _Options(
-            self.voice if voice is None else voice,
-            self.speed if speed is None else speed,
-            self.volume if volume is None else volume,
-        )
-        validate_options(voice=new.voice, speed=new.speed, volume=new.volume)
-        self._options = new
+        self._options = self._options.replace(voice=voice, speed=speed, volume=volume)
 
-    def speak(self, text: str) -> Utterance:
+    @property
+    def options(self) -> VoiceOptions:
+        """The voice settings the next utterance uses."""
+        return self._options
+
+    def speak(self, text: str, *, timeout: float | None = None) -> Utterance:
         """Speak a whole text: one request, or several where the 1024-character limit forces a cut.
 
         Text with nothing to say (empty, whitespace, punctuation only) gives an utterance with no frames
-        and makes no request.
+        and makes no request. ``timeout`` bounds each request until its first audio (connect, TLS and
+        first byte together), in place of the engine's own first-byte deadline.
         """
         if not isinstance(text, str):
             raise InvalidRequestError(f"text must be a string, got {type(text).__name__}", field="text")
         pieces = [p for p in split_text(text, MAX_INPUT_CHARS) if is_speakable(p)]
-        return Utterance(self, _from_list(pieces))
+        return Utterance(self, _from_list(pieces), timeout=_checked_timeout(timeout))
 
-    def speak_stream(self, texts: AsyncIterable[str] | Iterable[str]) -> Utterance:
-        """Speak text as it streams in (LLM tokens): cut by the segmenter, the next piece prefetched."""
+    def speak_stream(
+        self, texts: AsyncIterable[str] | Iterable[str], *, timeout: float | None = None
+    ) -> Utterance:
+        """Speak text as it streams in (LLM tokens): cut by the segmenter, the next piece prefetched.
+
+        ``timeout`` bounds each piece's request until its first audio, as for :meth:`speak`."""
         if isinstance(texts, str) or not isinstance(texts, AsyncIterable | Iterable):
             raise InvalidRequestError(
                 f"texts must be an (async) iterable of strings, got {type(texts).__name__}", field="texts"
             )
-        return Utterance(self, _segmented(texts, self._segmenter()))
+        return Utterance(self, _segmented(texts, self._segmenter()), timeout=_checked_timeout(timeout))
 
     def __repr__(self) -> str:
         return (
@@ -247,6 +245,15 @@ async def _segmented(texts: AsyncIterable[str] | Iterable[str], segmenter: Segme
         yield piece
 
 
+def _checked_timeout(timeout: object) -> float | None:
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout < float("inf")
+    ):
+        message = f"timeout must be a number of seconds > 0; got {timeout!r}"
+        raise InvalidRequestError(message, field="timeout")
+    return timeout
+
+
 def _checked(text: object) -> str:
     if not isinstance(text, str):
         raise InvalidRequestError(f"streamed text must be strings, got {type(text).__name__}", field="texts")
@@ -259,7 +266,9 @@ class Utterance:
     Iterate it once (``async for frame in utterance``). The first iteration starts the work.
     """
 
-    def __init__(self, synth: Synthesizer, pieces: AsyncIterator[str]) -> None:
+    def __init__(
+        self, synth: Synthesizer, pieces: AsyncIterator[str], *, timeout: float | None = None
+    ) -> None:
         self.sample_rate = synth.sample_rate
         self.encoding: Encoding = synth.encoding
         self.frame_ms = synth.frame_ms
@@ -270,6 +279,7 @@ class Utterance:
         self.first_audio_at: float | None = None
         self._engine = synth.engine
         self._options = synth._options
+        self._timeout = timeout
         self._source = pieces
         self._slots = asyncio.Semaphore(synth.prefetch + 1)
         self._resampler = StreamResampler(synth.engine.sample_rate, synth.sample_rate)
@@ -427,8 +437,9 @@ class Utterance:
         piece.segment.requested_at = time.monotonic()
         opts = self._options
         try:
+            extra = {} if self._timeout is None else {"timeout": self._timeout}
             stream = self._engine.stream(
-                piece.segment.text, voice=opts.voice, speed=opts.speed, volume=opts.volume
+                piece.segment.text, voice=opts.voice, speed=opts.speed, volume=opts.volume, **extra
             )
             async with _closing(stream):
                 async for chunk in stream:
