@@ -140,7 +140,11 @@ class Synthesizer:
             or not callable(getattr(engine, "stream", None))
         ):
             raise TypeError("engine must have an integer sample_rate and a stream(text, ...) method")
-        if sample_rate not in SUPPORTED_RATES:
+        if (
+            not isinstance(sample_rate, int)
+            or isinstance(sample_rate, bool)
+            or sample_rate not in SUPPORTED_RATES
+        ):
             allowed = ", ".join(map(str, SUPPORTED_RATES))
             raise InvalidRequestError(
                 f"sample_rate must be one of {allowed}; got {sample_rate!r}", field="sample_rate"
