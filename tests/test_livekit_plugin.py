@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,41 @@ async def test_roomless_agent_session_say_then_interrupt() -> None:
     said = messages[-1].text_content or ""
     assert messages[-1].interrupted and 0 < len(said) < len(text)
     assert text.startswith(said.rstrip())
+
+
+ENGLISH = (
+    "Hello, this is the Galaxy Bank credit card center. We have prepared a new offer for you today: "
+    "spend two hundred yuan and save thirty. The offer is limited to one use per customer, "
+    "and it ends at the end of this month."
+)
+
+
+@pytest.mark.parametrize("rate", [24000, 16000])
+async def test_interrupted_english_transcript_matches_what_was_heard(rate: int) -> None:
+    """With ``use_tts_aligned_transcript``, LiveKit paces the stored text by the pieces' timings. Each
+    piece has a start and, once its audio is complete, an end, so the text of a reply interrupted inside
+    its last piece keeps up with the audio played (with a start only, LiveKit cannot align past the last
+    start and falls back to its own speech-rate guess). The tone speaks faster than that guess."""
+    ms_per_char, interrupt_s = 35.0, 5.0
+    tone = ToneEngine(ms_per_char=ms_per_char)
+    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+        async with plugin(srv, sample_rate=rate) as tts:
+            session = AgentSession(tts=tts, use_tts_aligned_transcript=True)
+            sink, sync = await start_roomless(session, Agent(instructions="support"))
+            handle = session.say(ENGLISH)
+            assert await srv.wait_for(lambda: len(srv.records) > 1, 5)
+            assert await srv.wait_for(lambda: all(r.outcome == "completed" for r in srv.records), 10)
+            assert len(srv.records) == len(pieces_of(ENGLISH, [ENGLISH])) and sink.frames
+            await asyncio.sleep(interrupt_s - (time.monotonic() - sink.frames[0][0]))
+            handle.interrupt()
+            await handle.wait_for_playout()
+            messages = [m for m in session.history.items if m.type == "message" and m.role == "assistant"]
+            await session.aclose()
+            await sync.aclose()
+    assert sink.cleared_at is not None
+    played_s = min(sink.cleared_at - sink.frames[0][0], sum(f.duration for _, f in sink.frames))
+    heard = played_s * 1000 / ms_per_char  # characters whose audio was played (spaces between pieces aside)
+    said = messages[-1].text_content or ""
+    assert messages[-1].interrupted and ENGLISH.startswith(said.rstrip())
+    print(f"rate {rate}: said {len(said)} characters, heard ~{heard:.0f}")
+    assert heard - 12 <= len(said) <= heard + 12, (len(said), heard)  # within about two words
