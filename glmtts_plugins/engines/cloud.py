@@ -14,17 +14,14 @@ from typing import ClassVar
 
 import httpx
 
-from ..audio.wav import pcm_to_wav
 from ..errors import (
-    AuthenticationError,
     InvalidRequestError,
     ServerError,
     TruncatedStreamError,
     error_from_code,
 )
-from ..voices import DEFAULT_VOICE
-from .base import SAMPLE_RATE, validate_request
-from .http import HTTPEngine, RetryPolicy, _translate_errors
+from .base import SAMPLE_RATE
+from .http import HTTPEngine, RetryPolicy, _Attempt, _translate_errors
 from .sse import SSEDecoder
 
 __all__ = ["DEFAULT_BASE_URL", "CloudEngine", "RetryPolicy"]
@@ -47,6 +44,7 @@ class CloudEngine(HTTPEngine):
     """
 
     sample_rate = SAMPLE_RATE
+    provider = "GLM-TTS"
     _accept: ClassVar[dict[str, str]] = _ACCEPT
 
     def __init__(
@@ -68,8 +66,16 @@ class CloudEngine(HTTPEngine):
                 f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {encode_format!r}",
                 field="encode_format",
             )
+        api_key = api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None)
+        if not api_key or not isinstance(api_key, str):
+            raise InvalidRequestError(
+                "no GLM-TTS API key: pass api_key=... or set ZAI_API_KEY (or ZHIPUAI_API_KEY)",
+                field="api_key",
+            )
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidRequestError(f"model must be a non-empty model name, got {model!r}", field="model")
         super().__init__(
-            api_key=api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None),
+            api_key=api_key,
             base_url=base_url or os.environ.get("GLMTTS_BASE_URL") or DEFAULT_BASE_URL,
             connect_timeout=connect_timeout,
             first_byte_timeout=first_byte_timeout,
@@ -88,35 +94,23 @@ class CloudEngine(HTTPEngine):
     def url(self) -> str:
         return f"{self.base_url}/audio/speech"
 
-    # -- public API -------------------------------------------------------------------------------
+    # -- the engine ------------------------------------------------------------------------------
 
-    async def stream(  # type: ignore[override]
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    def _stream(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> AsyncIterator[bytes]:
-        """Yield PCM chunks (even lengths) as the server sends them."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
-        self._require_key()
+        """PCM chunks (even lengths) as the server sends them."""
         body = functools.partial(self._body, voice=voice, speed=speed, volume=volume)
-        async with contextlib.aclosing(self._stream_pieces(text, body)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        return self._stream_pieces(text, body, timeout)
 
-    async def synthesize(
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    async def _synthesize(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> bytes:
         """Whole-WAV mode: one non-streaming request per piece of at most 1024 characters."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
-        self._require_key()
         body = functools.partial(self._body, voice=voice, speed=speed, volume=volume)
-        return pcm_to_wav(await self._fetch_pieces(text, body), self.sample_rate)
+        return await self._fetch_pieces(text, body, timeout)
 
     # -- request plumbing -------------------------------------------------------------------------
-
-    def _require_key(self) -> None:
-        if self._key is None:
-            raise AuthenticationError(
-                "no GLM-TTS API key: pass api_key=... or set ZAI_API_KEY (or ZHIPUAI_API_KEY)"
-            )
 
     def _body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
         body: dict = {
@@ -137,23 +131,23 @@ class CloudEngine(HTTPEngine):
     async def _raise_for_response(self, response: httpx.Response) -> None:
         await _raise_cloud_error(response)
 
-    async def _stream_once(self, body: dict) -> AsyncIterator[bytes]:
+    async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
+        attempt = _Attempt()
         decode = _decode_base64 if self.encode_format == "base64" else _decode_hex
         decoder = SSEDecoder()
         carry = b""
-        finished = got_audio = False
+        finished = False
         # One deadline for the first audio (keep-alives do not extend it); after that, each piece of
         # audio re-arms the read deadline.
-        deadline = loop.time() + self.first_byte_timeout
-        response = await self._open(body, deadline)
+        deadline = loop.time() + timeout
+        response = await self._open(body, deadline, attempt)
         request_id: str | None = response.headers.get("x-request-id")
         try:
             reads = response.aiter_raw()
             ended = False
             while not finished and not ended:
-                phase = "read" if got_audio else "first byte"
-                async with _translate_errors(self.url, phase, request_id), asyncio.timeout_at(deadline):
+                async with _translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
                     try:
                         payloads = decoder.feed(await anext(reads))
                     except StopAsyncIteration:
@@ -167,7 +161,7 @@ class CloudEngine(HTTPEngine):
                     cut = len(pcm) & ~1
                     carry = pcm[cut:]
                     if cut:
-                        got_audio = True
+                        attempt.phase = "read"
                         deadline = loop.time() + self.read_timeout
                         yield pcm[:cut]
             if not finished:

@@ -28,11 +28,9 @@ from typing import ClassVar
 import httpx
 import numpy as np
 
-from ..audio.wav import pcm_to_wav
 from ..errors import InvalidRequestError, ServerError, TruncatedStreamError, error_from_code
-from ..voices import DEFAULT_VOICE
-from .base import SAMPLE_RATE, validate_request
-from .http import HTTPEngine, RetryPolicy, _translate_errors
+from .base import SAMPLE_RATE
+from .http import HTTPEngine, RetryPolicy, _Attempt, _translate_errors, check_base_url
 from .references import ReferenceVoice, VoiceRegistry
 
 __all__ = ["DEFAULT_MODEL", "VllmOmniEngine"]
@@ -51,6 +49,7 @@ class VllmOmniEngine(HTTPEngine):
     """
 
     sample_rate = SAMPLE_RATE
+    provider = "vLLM-Omni"
     _accept: ClassVar[dict[str, str]] = {
         "Accept": "audio/pcm, audio/wav, application/json",
         "Accept-Encoding": "identity",  # raw audio is read as it arrives; never compressed
@@ -74,7 +73,9 @@ class VllmOmniEngine(HTTPEngine):
             raise InvalidRequestError(
                 "base_url is required: the vLLM-Omni server root, e.g. http://gpu-host:8091", field="base_url"
             )
-        base = base.rstrip("/")
+        base = check_base_url(base)
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidRequestError(f"model must be a non-empty model name, got {model!r}", field="model")
         super().__init__(
             api_key=api_key or os.environ.get(KEY_ENV_VAR) or None,
             base_url=base[:-3] if base.endswith("/v1") else base,
@@ -100,23 +101,26 @@ class VllmOmniEngine(HTTPEngine):
     def url(self) -> str:
         return f"{self.base_url}/v1/audio/speech"
 
-    async def stream(  # type: ignore[override]
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    def _stream(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> AsyncIterator[bytes]:
-        """Yield PCM chunks (even lengths) as the server produces them."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
+        """PCM chunks (even lengths) as the server produces them."""
+        return self._gained(text, voice, speed, volume, timeout)
+
+    async def _gained(
+        self, text: str, voice: str, speed: float, volume: float, timeout: float | None
+    ) -> AsyncIterator[bytes]:
         body = functools.partial(self._body, reference=self._reference(voice), speed=speed)
-        async with contextlib.aclosing(self._stream_pieces(text, body)) as chunks:
+        async with contextlib.aclosing(self._stream_pieces(text, body, timeout)) as chunks:
             async for chunk in chunks:
                 yield _gain(chunk, volume)
 
-    async def synthesize(
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    async def _synthesize(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> bytes:
         """Whole-WAV mode: one non-streaming request per piece of at most 1024 characters."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
         body = functools.partial(self._body, reference=self._reference(voice), speed=speed)
-        return pcm_to_wav(_gain(await self._fetch_pieces(text, body), volume), self.sample_rate)
+        return _gain(await self._fetch_pieces(text, body, timeout), volume)
 
     def _reference(self, voice: str) -> ReferenceVoice:
         if self.voices is None:
@@ -145,10 +149,11 @@ class VllmOmniEngine(HTTPEngine):
     async def _raise_for_response(self, response: httpx.Response) -> None:
         await _raise_openai_error(response)
 
-    async def _stream_once(self, body: dict) -> AsyncIterator[bytes]:
+    async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.first_byte_timeout
-        response = await self._open(body, deadline)
+        attempt = _Attempt()
+        deadline = loop.time() + timeout
+        response = await self._open(body, deadline, attempt)
         request_id = response.headers.get("x-request-id")
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         encoding = response.headers.get("content-encoding", "identity").lower()
@@ -163,8 +168,7 @@ class VllmOmniEngine(HTTPEngine):
         try:
             reads = response.aiter_raw()
             while True:
-                phase = "read" if got_audio else "first byte"
-                async with _translate_errors(self.url, phase, request_id), asyncio.timeout_at(deadline):
+                async with _translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
                     try:
                         data = await anext(reads)
                     except StopAsyncIteration:
@@ -174,6 +178,7 @@ class VllmOmniEngine(HTTPEngine):
                 carry = pcm[cut:]
                 if cut:
                     got_audio = True
+                    attempt.phase = "read"
                     deadline = loop.time() + self.read_timeout
                     yield pcm[:cut]
         finally:
