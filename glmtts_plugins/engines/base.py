@@ -92,6 +92,12 @@ def _check_encodable(value: str, field: str) -> None:
         ) from None
 
 
+def _checked(text: str, voice: str, speed: float, volume: float, timeout: object) -> float | None:
+    """Validate a request (naming the bad field); return its timeout in seconds."""
+    validate_request(text, voice=voice, speed=speed, volume=volume)
+    return check_timeout(timeout)
+
+
 def _closing(chunks: AsyncIterator[bytes]) -> contextlib.AbstractAsyncContextManager[object]:
     """Close ``chunks`` on exit when it can be closed (an async generator); a plain iterator cannot."""
     if callable(getattr(chunks, "aclose", None)):
@@ -143,9 +149,7 @@ class BaseEngine:
         timeout: float | None = None,
     ) -> AsyncIterator[bytes]:
         """Yield PCM chunks (whole samples) as the engine produces them."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
-        timeout = check_timeout(timeout)
-        chunks = self._open_stream(text, voice, speed, volume, timeout)
+        chunks = self._open_stream(text, voice, speed, volume, _checked(text, voice, speed, volume, timeout))
         async with _closing(chunks):
             async for chunk in chunks:
                 yield chunk
@@ -160,10 +164,11 @@ class BaseEngine:
         timeout: float | None = None,
     ) -> bytes:
         """Synthesize all of ``text`` and return one WAV file."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
-        timeout = check_timeout(timeout)
-        pcm = await self._synthesize(text, voice=voice, speed=speed, volume=volume, timeout=timeout)
-        return pcm_to_wav(pcm, self.sample_rate)
+        limit = _checked(text, voice, speed, volume, timeout)
+        return pcm_to_wav(
+            await self._synthesize(text, voice=voice, speed=speed, volume=volume, timeout=limit),
+            self.sample_rate,
+        )
 
     def _stream(
         self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None

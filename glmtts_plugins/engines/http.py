@@ -1,4 +1,13 @@
-"""What the HTTP engines share: the key, the pooled client, timeouts, and retries only before audio."""
+"""What the HTTP engines share: the pooled client, one stream loop with pluggable decoders, the
+whole-WAV request, per-attempt deadlines, and retries only before audio.
+
+Each engine supplies only what differs: ``url``, ``_request_body``, ``_decoder`` (how a response body
+becomes PCM: the cloud's SSE events, or raw PCM), ``_error_from`` (how an error body maps to the error
+hierarchy) and ``_gain``. A decoder follows httpx's decoders: ``feed(data)`` returns the PCM in a read,
+``flush()`` the PCM left at the end of the body; it reports an in-stream error through ``error`` (so
+the audio that came before the error, even in the same read, is delivered first) and the logical end
+of the audio through ``finished``.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +15,30 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, TypedDict
 
 import httpx
 
 from ..audio.wav import wav_to_pcm
-from ..errors import (
-    APIConnectionError,
-    APITimeoutError,
-    EngineClosedError,
-    GLMTTSError,
-    InvalidRequestError,
-    ServerError,
-    TruncatedStreamError,
-)
+from ..errors import EngineClosedError, GLMTTSError, InvalidRequestError, ServerError
 from ..text.limit import MAX_INPUT_CHARS, split_text
 from .base import BaseEngine, check_timeout
+from .transport import Attempt, BearerAuth, ConnectionInfo, Secret, check_base_url, translate_errors
 
-__all__ = ["ConnectionInfo", "HTTPEngine", "RetryPolicy", "check_base_url"]
+__all__ = ["AudioDecoder", "ConnectionInfo", "HTTPEngine", "HTTPOptions", "RetryPolicy", "check_base_url"]
 
 logger = logging.getLogger("glmtts_plugins.http")
+
+DRAIN_TIMEOUT = 0.25
+"""After the audio's logical end, how long the rest of the body may take to arrive (so the connection
+goes back to the pool) before the connection is closed instead."""
+MAX_ERROR_BODY = 64 * 1024
+"""Bytes of an error body read for its message; the rest is not read."""
+MAX_WAV_BODY = 256 * 1024 * 1024
+"""A whole-WAV body larger than this is refused (about 90 minutes at 24 kHz: far above 1024 characters)."""
+_NOT_AUDIO = ("text/html", "application/xhtml", "text/xml", "application/xml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,119 +57,32 @@ class RetryPolicy:
         return random.uniform(0.0, min(self.max_delay, self.base_delay * (2**attempt)))
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """How the last request got its connection, for metrics (LiveKit's ``TTSMetrics``).
+class HTTPOptions(TypedDict, total=False):
+    """The keywords every HTTP engine takes besides its own."""
 
-    ``reused``: a pooled keep-alive connection was used (``None`` when the transport does not say);
-    ``acquire_time``: seconds from sending the request until the connection was ready for it
-    (includes TCP connect and TLS for a new connection).
-    """
-
-    reused: bool | None
-    acquire_time: float
-
-
-class _Attempt:
-    """One HTTP attempt, followed through httpcore's ``trace`` extension: which phase it is in (to
-    name a timeout), whether its connection was reused, and the raw TCP stream of a connection still
-    being set up.
-
-    httpcore does not close that stream when the TLS handshake fails or is cancelled (the socket would
-    linger until garbage collection), so :meth:`abandon` closes it.
-    """
-
-    __slots__ = ("_raw", "acquire_time", "phase", "reused", "started")
-
-    def __init__(self) -> None:
-        self.phase = "first byte"  # until httpcore reports a connect (a transport that does not trace)
-        self.reused: bool | None = None
-        self.acquire_time: float | None = None
-        self.started = time.perf_counter()
-        self._raw: object = None
-
-    async def trace(self, name: str, info: dict) -> None:
-        if name.endswith(".connect_tcp.complete"):
-            self._raw = info.get("return_value")
-            return
-        if name.endswith(".start_tls.complete"):
-            self._raw = None
-            return
-        if not name.endswith(".started"):
-            return
-        if ".connect_" in name:
-            self.phase, self.reused = "connect", False
-        elif ".start_tls." in name:
-            self.phase = "TLS"
-        elif name.endswith(".send_request_headers.started"):
-            self._raw = None  # the connection is set up and owned by the pool
-            self.phase = "first byte"
-            if self.reused is None:
-                self.reused = True
-            if self.acquire_time is None:
-                self.acquire_time = time.perf_counter() - self.started
-
-    async def abandon(self) -> None:
-        """Close the TCP stream of a connection whose set-up failed or was cancelled."""
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            with contextlib.suppress(Exception):
-                await raw.aclose()  # type: ignore[attr-defined]
-
-    def connection(self) -> ConnectionInfo | None:
-        if self.acquire_time is None:
-            return None
-        return ConnectionInfo(self.reused, self.acquire_time)
+    connect_timeout: float
+    """TCP connect and TLS handshake (default 5 s)."""
+    first_byte_timeout: float
+    """From sending a request to its first audio, connection included (default 10 s; vLLM-Omni 15 s);
+    a request's ``timeout=`` replaces it."""
+    read_timeout: float
+    """Between two pieces of audio once audio flows (default 10 s)."""
+    retry: RetryPolicy | None
+    http_client: httpx.AsyncClient | None
+    """A client of your own (left open by the engine); by default the engine makes and closes one."""
 
 
-def check_base_url(value: object) -> str:
-    """``value`` without a trailing slash if it is an absolute http(s) URL with a host and a valid port;
-    else :class:`InvalidRequestError` naming ``base_url`` (never a retryable connection error later)."""
-    hint = "an absolute http:// or https:// URL such as https://open.bigmodel.cn/api/paas/v4"
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequestError(f"base_url must be {hint}, got {value!r}", field="base_url")
-    try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL as exc:
-        raise InvalidRequestError(
-            f"base_url {value!r} does not parse ({exc}); use {hint}", field="base_url"
-        ) from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidRequestError(f"base_url {value!r} lacks a scheme or host; use {hint}", field="base_url")
-    if url.port is not None and not 0 < url.port < 65536:
-        raise InvalidRequestError(f"base_url {value!r}: port must be 1-65535", field="base_url")
-    return value.rstrip("/")
+class AudioDecoder(Protocol):
+    """Turns a streamed response body into PCM (any length; the loop carries a split sample)."""
 
+    finished: bool
+    """The stream announced the end of its audio: stop reading."""
+    error: GLMTTSError | None
+    """An error the stream reported; raised once the audio before it has been yielded."""
 
-class _BearerAuth(httpx.Auth):
-    """Adds the key at send time, so no header dict holding it lives in our frames' locals."""
+    def feed(self, data: bytes) -> bytes: ...
 
-    def __init__(self, key: _Secret) -> None:
-        self._key = key
-
-    def __repr__(self) -> str:
-        return "_BearerAuth('***')"
-
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
-        request.headers["Authorization"] = "Bearer " + self._key.get()
-        yield request
-
-
-class _Secret:
-    """Holds the API key so that no repr, log line or traceback local shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
+    def flush(self) -> bytes: ...
 
 
 class HTTPEngine(BaseEngine):
@@ -171,60 +94,71 @@ class HTTPEngine(BaseEngine):
     ``timeout`` (per request) replaces ``first_byte_timeout`` for that request: it bounds each attempt's
     connect, TLS and first byte together; a timeout names the phase it hit. ``last_connection`` tells
     whether the last request reused a pooled connection and how long getting it took.
-
-    Subclasses provide ``url``, ``_stream_once(body, timeout)`` (yields PCM) and ``_raise_for_response``.
     """
 
     _accept: ClassVar[dict[str, str]] = {}
     _native_timeout: ClassVar[bool] = True
+    _first_byte_default: ClassVar[float] = 10.0
 
     def __init__(
         self,
         *,
         api_key: str | None,
         base_url: str,
-        connect_timeout: float,
-        first_byte_timeout: float,
-        read_timeout: float,
-        retry: RetryPolicy | None,
-        http_client: httpx.AsyncClient | None,
+        model: str,
+        connect_timeout: float = 5.0,
+        first_byte_timeout: float | None = None,
+        read_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        connect_timeout = check_timeout(connect_timeout, "connect_timeout", optional=False)  # type: ignore[assignment]
-        first_byte_timeout = check_timeout(first_byte_timeout, "first_byte_timeout", optional=False)  # type: ignore[assignment]
-        read_timeout = check_timeout(read_timeout, "read_timeout", optional=False)  # type: ignore[assignment]
+        if first_byte_timeout is None:
+            first_byte_timeout = self._first_byte_default
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidRequestError(f"model must be a non-empty model name, got {model!r}", field="model")
+        connect = check_timeout(connect_timeout, "connect_timeout", optional=False)
+        first_byte = check_timeout(first_byte_timeout, "first_byte_timeout", optional=False)
+        read = check_timeout(read_timeout, "read_timeout", optional=False)
+        assert connect is not None and first_byte is not None and read is not None
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}", field="retry")
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise InvalidRequestError("http_client must be an httpx.AsyncClient", field="http_client")
         self.base_url = check_base_url(base_url)
-        self._key = _Secret(api_key) if api_key else None
-        self._auth = _BearerAuth(self._key) if self._key else None
-        self.first_byte_timeout = first_byte_timeout
-        self.read_timeout = read_timeout
+        self.model = model
+        self._key = Secret(api_key) if api_key else None
+        self._auth = BearerAuth(self._key) if self._key else None
+        self.first_byte_timeout = first_byte
+        self.read_timeout = read
         self.retry = retry or RetryPolicy()
         self.last_connection: ConnectionInfo | None = None
         self._closed = False
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=connect_timeout,
-                read=max(first_byte_timeout, read_timeout),
-                write=connect_timeout,
-                pool=connect_timeout,
-            ),
+            timeout=httpx.Timeout(connect=connect, read=max(first_byte, read), write=connect, pool=connect),
             limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
             trust_env=False,
         )
+
+    # -- what each engine supplies ----------------------------------------------------------------
 
     @property
     def url(self) -> str:
         raise NotImplementedError
 
-    def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
+    def _request_body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
         raise NotImplementedError
 
-    async def _raise_for_response(self, response: httpx.Response) -> None:
+    def _decoder(self, response: httpx.Response, request_id: str | None) -> AudioDecoder:
         raise NotImplementedError
+
+    def _error_from(self, status: int, body: bytes, request_id: str | None) -> GLMTTSError:
+        raise NotImplementedError
+
+    def _gain(self, pcm: bytes, volume: float) -> bytes:
+        return pcm
+
+    # -- life cycle -------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed or self._client.is_closed:
@@ -248,20 +182,23 @@ class HTTPEngine(BaseEngine):
         if self._own_client:
             await self._client.aclose()
 
-    async def _stream_pieces(
-        self, text: str, body: Callable[[str, bool], dict], timeout: float | None
+    # -- the engine: one request per piece of at most 1024 characters, in order --------------------
+
+    async def _stream(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> AsyncIterator[bytes]:
-        """Stream ``text`` as one request per piece of at most 1024 characters, in order."""
+        """PCM chunks (even lengths) as the server sends them."""
         self._check_open()
+        limit = timeout or self.first_byte_timeout
         for piece in split_text(text, MAX_INPUT_CHARS):
             if piece.strip():
-                chunks = self._stream_with_retry(body(piece, True), timeout or self.first_byte_timeout)
-                async with contextlib.aclosing(chunks):
+                body = self._request_body(piece, True, voice=voice, speed=speed, volume=volume)
+                async with contextlib.aclosing(self._stream_with_retry(body, limit)) as chunks:
                     async for chunk in chunks:
-                        yield chunk
+                        yield self._gain(chunk, volume)
 
-    async def _fetch_pieces(
-        self, text: str, body: Callable[[str, bool], dict], timeout: float | None
+    async def _synthesize(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> bytes:
         """Whole-WAV mode: the PCM of one non-streaming request per piece, concatenated."""
         self._check_open()
@@ -269,20 +206,20 @@ class HTTPEngine(BaseEngine):
         pcm = bytearray()
         for piece in split_text(text, MAX_INPUT_CHARS):
             if piece.strip():
-                request = body(piece, False)
-                pcm += await self._with_retry(lambda b=request: self._fetch_wav(b, limit))
-        return bytes(pcm)
+                body = self._request_body(piece, False, voice=voice, speed=speed, volume=volume)
+                attempt = 0
+                while True:
+                    try:
+                        pcm += await self._fetch_wav(body, limit)
+                        break
+                    except GLMTTSError as exc:
+                        if not self._should_retry(exc, attempt):
+                            raise
+                        await self._backoff(exc, attempt)
+                        attempt += 1
+        return self._gain(bytes(pcm), volume)
 
-    async def _with_retry(self, attempt_fn):  # type: ignore[no-untyped-def]
-        attempt = 0
-        while True:
-            try:
-                return await attempt_fn()
-            except GLMTTSError as exc:
-                if not self._should_retry(exc, attempt):
-                    raise
-                await self._backoff(exc, attempt)
-                attempt += 1
+    # -- retries ----------------------------------------------------------------------------------
 
     async def _stream_with_retry(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
         attempt = 0
@@ -312,9 +249,12 @@ class HTTPEngine(BaseEngine):
         logger.info("retrying after %s in %.2fs (attempt %d)", type(exc).__name__, delay, attempt + 1)
         await asyncio.sleep(delay)
 
-    async def _open(self, body: dict, deadline: float, attempt: _Attempt) -> httpx.Response:
-        """Send the request and wait for the response head, within the attempt's deadline."""
-        async with _translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
+    # -- one attempt ------------------------------------------------------------------------------
+
+    async def _open(self, body: dict, deadline: float, attempt: Attempt) -> httpx.Response:
+        """Send the request and wait for the response head, within the attempt's deadline; an error
+        status (or a JSON body) raises the engine's error for it."""
+        async with translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
             request = self._client.build_request(
                 "POST", self.url, json=body, headers=self._accept, extensions={"trace": attempt.trace}
             )
@@ -326,27 +266,73 @@ class HTTPEngine(BaseEngine):
             finally:
                 self.last_connection = attempt.connection() or self.last_connection
             attempt.phase = "first byte"
-        if response.status_code != 200 or response.headers.get("content-type", "").startswith(
-            "application/json"
-        ):
+        if response.status_code != 200 or _media_type(response).startswith("application/json"):
+            request_id = response.headers.get("x-request-id")
             try:
-                async with _translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
-                    await self._raise_for_response(response)
+                async with translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
+                    data = await _read_capped(response, MAX_ERROR_BODY, truncate=True)
             finally:
                 await response.aclose()
+            raise self._error_from(response.status_code, data, request_id)
         return response
+
+    async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
+        """One streamed attempt: a deadline for the first audio (keep-alives do not extend it), then a
+        read deadline re-armed by each piece of audio; a sample split across reads is carried over."""
+        loop = asyncio.get_running_loop()
+        attempt = Attempt()
+        deadline = loop.time() + timeout
+        response = await self._open(body, deadline, attempt)
+        request_id: str | None = response.headers.get("x-request-id")
+        try:
+            _refuse_a_page(response, request_id, "an audio stream")
+            decoder = self._decoder(response, request_id)
+            reads = response.aiter_bytes()  # decodes a Content-Encoding we asked not to get
+            carry = b""
+            ended = False
+            while not (ended or decoder.finished):
+                async with translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
+                    try:
+                        pcm = decoder.feed(await anext(reads))
+                    except StopAsyncIteration:
+                        pcm, ended = decoder.flush(), True
+                if pcm:
+                    if carry:
+                        pcm = carry + pcm
+                    cut = len(pcm) & ~1
+                    carry = pcm[cut:]
+                    if cut:
+                        attempt.phase = "read"
+                        deadline = loop.time() + self.read_timeout
+                        yield pcm[:cut] if carry else pcm
+                if decoder.error is not None:
+                    raise decoder.error
+            if carry:
+                # One rule for every engine: the stream ended cleanly inside a sample. The half sample
+                # cannot be played; the utterance is otherwise whole, so it is dropped, not an error.
+                logger.warning("%s: the audio ended inside a sample; dropped its last byte", self.url)
+            if not ended:
+                # Read the end of the body (normally already here) so the connection goes back to the
+                # pool; a server that lingers after the end only costs the connection, never an error.
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        async for _ in reads:
+                            pass
+        finally:
+            await response.aclose()
 
     async def _fetch_wav(self, body: dict, timeout: float) -> bytes:
         """Whole-WAV mode: one request, the WAV body checked for our rate and one channel."""
         loop = asyncio.get_running_loop()
-        attempt = _Attempt()
+        attempt = Attempt()
         response = await self._open(body, loop.time() + timeout, attempt)
         request_id = response.headers.get("x-request-id")
         attempt.phase = "read"
         try:
+            _refuse_a_page(response, request_id, "a WAV file")
             # The body of a long text takes a while: bounded per read by the client's read timeout.
-            async with _translate_errors(self.url, attempt, request_id):
-                data = await response.aread()
+            async with translate_errors(self.url, attempt, request_id):
+                data = await _read_capped(response, MAX_WAV_BODY)
         finally:
             await response.aclose()
         try:
@@ -361,33 +347,33 @@ class HTTPEngine(BaseEngine):
         return pcm
 
 
-class _translate_errors:
-    """Map httpx and timeout failures to the package's errors, naming the attempt's phase (connect, TLS,
-    first byte, read) when it timed out."""
+def _media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    __slots__ = ("attempt", "request_id", "url")
 
-    def __init__(self, url: str, attempt: _Attempt, request_id: str | None = None) -> None:
-        self.url, self.attempt, self.request_id = url, attempt, request_id
+def _refuse_a_page(response: httpx.Response, request_id: str | None, expected: str) -> None:
+    """A 200 that is a web page (a captive portal, a proxy's login) is not audio and retrying will not
+    make it so: a non-retryable error naming what came."""
+    kind = _media_type(response)
+    if kind.startswith(_NOT_AUDIO):
+        raise ServerError(
+            f"expected {expected}, got a {kind} page (a proxy or portal in the way? check base_url)",
+            retryable=False,
+            request_id=request_id,
+        )
 
-    async def __aenter__(self) -> None:
-        return None
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-        if exc is None or isinstance(exc, GLMTTSError):
-            return False
-        phase = self.attempt.phase
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            message = f"{phase} timeout from {self.url}"
-            raise APITimeoutError(message, request_id=self.request_id) from None
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and phase == "read":
-            raise TruncatedStreamError(
-                f"the connection to {self.url} broke mid-stream ({type(exc).__name__})",
-                request_id=self.request_id,
-            ) from None
-        if isinstance(exc, httpx.HTTPError):
-            raise APIConnectionError(
-                f"connection to {self.url} failed during {phase}: {type(exc).__name__}",
-                request_id=self.request_id,
-            ) from None
-        return False
+async def _read_capped(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The (decoded) body, at most ``limit`` bytes: cut there when ``truncate``, else refused."""
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            if truncate:
+                return bytes(data[:limit])
+            raise ServerError(
+                f"the response body is over {limit} bytes; refused",
+                retryable=False,
+                request_id=response.headers.get("x-request-id"),
+            )
+    return bytes(data)
