@@ -9,8 +9,7 @@ import httpx
 import pytest
 
 from glmtts_plugins import CloudEngine
-from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, LocalServer
-from glmtts_plugins.server.runner import check_bind
+from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, LocalServer, check_bind
 from glmtts_plugins.testing import ToneEngine
 
 from .conftest import API_KEY
