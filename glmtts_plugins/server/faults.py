@@ -100,13 +100,13 @@ _MINIMUM = {"disconnect_after": -1, "error_after": -1, "times": -1}
 def _check(changes: dict[str, object]) -> None:
     """Refuse values the server cannot act on: an HTTP status it cannot send, a negative or non-finite
     number, an unknown line end."""
+    status = changes.get("status", 0)
+    if status and not 200 <= status <= 599:  # type: ignore[operator]
+        raise ValueError(f"fault 'status' must be an HTTP status from 200 to 599, got {status}")
     for key, value in changes.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             least = _MINIMUM.get(key, 0)
             if not math.isfinite(value) or value < least:
                 raise ValueError(f"fault {key!r} must be a finite number >= {least}, got {value!r}")
-    status = changes.get("status", 0)
-    if status and not 200 <= status <= 599:  # type: ignore[operator]
-        raise ValueError(f"fault 'status' must be an HTTP status from 200 to 599, got {status}")
     if changes.get("newline", "lf") not in ("lf", "crlf", "cr"):
         raise ValueError("fault 'newline' must be lf, crlf or cr")
