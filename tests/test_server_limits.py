@@ -269,6 +269,7 @@ def test_limits_apply_to_local_server_too() -> None:
                 sock.close()
         assert None not in closed and sum(c < 0.25 for c in closed) >= 4  # type: ignore[operator]
         assert httpx.get(srv.root_url + "/health").status_code == 200
+        assert _flood(srv.port, [_get("/" + "p" * limits.max_header_bytes)]) == [400]  # head too large
 
 
 def _wait(predicate: object, within: float = 5.0) -> bool:
