@@ -30,7 +30,8 @@ class ConnectionLimits:
     connections, slow-loris clients, and a client still sending the body of a refused request alike).
     ``body_timeout``: seconds for the body to follow (a 408 after that). ``max_connections``: connections
     beyond this are answered 503 and closed at once.
-    ``max_header_bytes``: a larger request head is a 400 (h11's bound on an incomplete event).
+    ``max_header_bytes``: how much of an unfinished request head is buffered (more is a 400; h11's bound
+    on an incomplete event).
     """
 
     header_timeout: float = 5.0
