@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--public-host", help="host name Twilio reaches (e.g. your ngrok domain)")
     args = parser.parse_args()
-    from glmtts_plugins.server.runner import listening_socket
+    from glmtts_plugins.server import listening_socket
 
     # listening_socket: accepted connections get TCP_NODELAY, so 20 ms media messages are not batched
     server = uvicorn.Server(uvicorn.Config(create_app(public_host=args.public_host), lifespan="on"))
