@@ -167,7 +167,7 @@ async def test_timeout_bounds_the_attempt_and_names_the_phase(kind: str, mode: s
             await asyncio.wait_for(attempt(tts_v, mode, APIConnectOptions(max_retry=0, timeout=2.5)), 10)
         elapsed = time.monotonic() - start
         await tts_v.aclose()
-        if kind == "stalled-http":
+        if kind in ("stalled-http", "stalled-tls"):  # the timed-out attempt closed its connection
             assert await closed_by_client(stalled)
     assert 1.5 <= elapsed <= 3.5, f"{elapsed:.2f} s"
     assert f"{phase} timeout" in str(info.value), str(info.value)
@@ -191,16 +191,3 @@ async def test_timeouts_are_retried_by_conn_options_only(kind: str, mode: str) -
     assert 1 <= elapsed <= 3, f"{elapsed:.2f} s"
     assert [e.recoverable for e in events.errors] == [True, True, True, False]
     assert not events.metrics
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="httpcore leaves the socket open when a TLS handshake is cancelled (until garbage collection); "
-    "the engine's deadline cancels the handshake instead of letting httpcore's own connect timeout fire",
-)
-async def test_a_timed_out_tls_handshake_closes_its_connection() -> None:
-    async with endpoint("stalled-tls") as (url, _, stalled):
-        async with glmtts.TTS(api_key=API_KEY, base_url=url) as tts_v:
-            with pytest.raises(APITimeoutError):
-                await attempt(tts_v, "synthesize", APIConnectOptions(max_retry=0, timeout=0.5))
-        assert await closed_by_client(stalled)
