@@ -16,7 +16,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError
 from livekit.plugins import glmtts
 
-from glmtts_plugins import InvalidRequestError
+from glmtts_plugins import CloudEngine, InvalidRequestError
 from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
@@ -136,6 +136,18 @@ async def test_use_after_aclose_is_a_livekit_error_that_is_not_retried() -> None
     for exc in (info.value, info2.value):
         assert not exc.retryable and "aclose" in str(exc)
     assert len(errors) == 2  # one attempt each: LiveKit did not retry
+
+
+async def test_an_engine_closed_by_its_owner_is_a_livekit_error_that_is_not_retried() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        engine = CloudEngine(api_key=API_KEY, base_url=srv.base_url)
+        tts = glmtts.TTS(engine=engine)
+        await engine.aclose()  # the application's engine, closed under the plugin
+        with pytest.raises(APIError) as info:
+            await tts.synthesize("第二句。", conn_options=FAST).collect()
+        await tts.aclose()
+        assert srv.records == []
+    assert not info.value.retryable and "closed" in str(info.value)
 
 
 async def test_prewarm_runs_again_once_the_previous_one_finished() -> None:

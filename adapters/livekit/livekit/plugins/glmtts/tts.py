@@ -94,6 +94,8 @@ class TTS(tts.TTS):
 
     @property
     def engine(self) -> core.BaseEngine:
+        """The engine in use: the one given (a minimal engine wrapped by ``glmtts_plugins.as_engine``) or
+        the cloud engine this TTS made."""
         return self._synth.engine
 
     @property
