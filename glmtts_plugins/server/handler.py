@@ -78,7 +78,7 @@ class SpeechAPI:
     def authenticate(self, authorization: str, tokens: frozenset[str] | None) -> Problem | None:
         raise NotImplementedError
 
-    def error_body(self, problem: Problem) -> tuple[str, dict[str, Any]]:
+    def error_body(self, problem: Problem) -> tuple[str | None, dict[str, Any]]:
         """``(code for the record, JSON body)`` of the API's error reply."""
         raise NotImplementedError
 

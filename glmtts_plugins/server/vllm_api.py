@@ -48,7 +48,7 @@ class VllmAPI(SpeechAPI):
             return Problem(401, "missing or invalid bearer token in the Authorization header")
         return None
 
-    def error_body(self, problem: Problem) -> tuple[str, dict[str, Any]]:
+    def error_body(self, problem: Problem) -> tuple[str | None, dict[str, Any]]:
         status = problem.status
         error = {
             "message": problem.message,
