@@ -4,6 +4,7 @@ descriptors can be read from /proc; every loop is bounded and everything stays o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import selectors
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from glmtts_plugins.server import ConnectionLimits, LocalServer
+from glmtts_plugins.server import ConnectionLimits, LocalServer, ThreadedServer
 from glmtts_plugins.testing import ToneEngine
 
 from .conftest import API_KEY
@@ -274,3 +275,23 @@ def _wait(predicate: object, within: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+async def test_an_upgraded_websocket_outlives_the_header_timeout() -> None:
+    """The head deadline is for HTTP requests: a WebSocket that went quiet for longer stays open."""
+    client = pytest.importorskip("websockets.asyncio.client")
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        while True:
+            await ws.send_text(await ws.receive_text())
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    async with ThreadedServer(app, limits=ConnectionLimits(header_timeout=0.3)) as srv:
+        async with client.connect(f"ws://127.0.0.1:{srv.port}/ws", ping_interval=None) as ws:
+            await asyncio.sleep(1.0)
+            await ws.send("still here")
+            assert await asyncio.wait_for(ws.recv(), 5) == "still here"
