@@ -148,6 +148,14 @@ class HTTPEngine(BaseEngine):
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise InvalidRequestError("http_client must be an httpx.AsyncClient", field="http_client")
         self.base_url = check_base_url(base_url)
+        if api_key is not None and (
+            not isinstance(api_key, str)
+            or not api_key.isascii()
+            or not api_key.isprintable()
+            or " " in api_key
+        ):
+            # (the key itself is never shown)
+            raise InvalidRequestError("api_key must be printable ASCII with no spaces", field="api_key")
         self.model = model
         self._key = Secret(api_key) if api_key else None
         self._auth = BearerAuth(self._key) if self._key else None
