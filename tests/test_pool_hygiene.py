@@ -69,3 +69,20 @@ async def test_randomized_barge_in_leaves_no_connection_and_no_socket() -> None:
         assert open_sockets() <= baseline, (open_sockets(), baseline, idle)
         assert other_tasks() == before
     print(f"{CANCELS} cancels in {elapsed:.1f} s")
+
+
+async def test_a_cancelled_prewarm_leaves_nothing_in_the_pool() -> None:
+    from ._peers import raw_server, silent
+
+    async with raw_server(silent) as peer:
+        for scheme in ("http", "https"):  # stuck waiting for the head, or inside the TLS handshake
+            base = f"{scheme}://127.0.0.1:{peer.port}"
+            async with CloudEngine(api_key=API_KEY, base_url=base) as cloud:
+                pool = cloud._client._transport._pool  # type: ignore[attr-defined]
+                task = asyncio.create_task(cloud.prewarm())
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                assert [c.info() for c in pool.connections if not c.is_idle()] == []
+        assert await peer.all_closed() and peer.opened == 2

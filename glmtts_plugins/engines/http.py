@@ -201,11 +201,20 @@ class HTTPEngine(BaseEngine):
     async def prewarm(self) -> None:
         """Open the keep-alive connection now, so the first request skips TCP and TLS set-up."""
         self._check_open()
+        attempt = Attempt()
+        failed = True
         try:
-            response = await self._client.request("HEAD", self.base_url + "/")
-            await response.aclose()
+            request = self._client.build_request(
+                "HEAD", self.base_url + "/", extensions={"trace": attempt.trace}
+            )
+            await (await self._client.send(request)).aclose()
+            failed = False
         except httpx.HTTPError as exc:
             logger.warning("prewarm could not reach %s: %s", self.base_url, type(exc).__name__)
+        finally:
+            if failed:  # also when cancelled (a framework cancels a prewarm it no longer needs)
+                await attempt.abandon()
+                await reap_orphans(self._client, attempt)
 
     async def aclose(self) -> None:
         """Close the pooled connections (of a client this engine made); later use raises
