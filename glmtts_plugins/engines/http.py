@@ -164,6 +164,7 @@ class HTTPEngine(BaseEngine):
         self.min_realtime = float(min_realtime)
         self.retry = retry or RetryPolicy()
         self.last_connection: ConnectionInfo | None = None
+        self._connect_timeout = connect
         self._closed = False
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
@@ -296,8 +297,15 @@ class HTTPEngine(BaseEngine):
         """Send the request and wait for the response head, within the attempt's deadline; an error
         status (or a JSON body) raises the engine's error for it."""
         async with translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
+            # httpx's read timeout must not cut short a request timeout longer than first_byte_timeout.
+            c, r = self._connect_timeout, max(deadline - asyncio.get_running_loop().time(), self.read_timeout)
             request = self._client.build_request(
-                "POST", self.url, json=body, headers=self._accept, extensions={"trace": attempt.trace}
+                "POST",
+                self.url,
+                json=body,
+                headers=self._accept,
+                timeout=httpx.Timeout(connect=c, read=r, write=c, pool=c),
+                extensions={"trace": attempt.trace},
             )
             try:
                 response = await self._client.send(request, auth=self._auth, stream=True)
