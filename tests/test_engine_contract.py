@@ -190,3 +190,20 @@ def test_synthesizer_refuses_float_rates_and_frame_sizes(kwargs: dict, field: st
     with pytest.raises(InvalidRequestError) as info:
         Synthesizer(ToneEngine(), **kwargs)
     assert info.value.field == field
+
+
+async def test_speak_timeout_reaches_a_users_engine_through_as_engine() -> None:
+    import asyncio
+
+    from glmtts_plugins import APITimeoutError
+
+    class Stalled(Minimal):
+        async def stream(self, text, *, voice, speed, volume):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(10)
+            yield b"\0\0"
+
+    synth = Synthesizer(Stalled(), sample_rate=16000)
+    with pytest.raises(APITimeoutError, match="first byte"):
+        async with asyncio.timeout(5):
+            async for _ in synth.speak("你好。", timeout=0.2):
+                pass
