@@ -135,7 +135,7 @@ class Synthesizer:
         segmenter: Callable[[], Segmenter] = Segmenter,
     ) -> None:
         engine = as_engine(engine)  # TypeError for anything that is not an engine
-        if sample_rate not in SUPPORTED_RATES:
+        if type(sample_rate) is not int or sample_rate not in SUPPORTED_RATES:
             allowed = ", ".join(map(str, SUPPORTED_RATES))
             raise InvalidRequestError(
                 f"sample_rate must be one of {allowed}; got {sample_rate!r}", field="sample_rate"
