@@ -15,7 +15,7 @@ import time
 import numpy as np
 import soxr
 
-from glmtts_plugins.audio.resampler import StreamResampler
+from glmtts_plugins.audio.stream_resampler import StreamResampler
 
 IN_RATE = 24000
 CHUNK = 480  # 20 ms at 24 kHz

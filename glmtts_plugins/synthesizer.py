@@ -39,7 +39,7 @@ from typing import Literal, Self, get_args
 
 from .audio.framer import FRAME_MS_CHOICES, Framer
 from .audio.g711 import lin2alaw, lin2ulaw
-from .audio.resampler import SUPPORTED_RATES, StreamResampler
+from .audio.stream_resampler import SUPPORTED_RATES, StreamResampler
 from .engines.base import Engine
 from .errors import GLMTTSError, InvalidRequestError
 from .options import VoiceOptions

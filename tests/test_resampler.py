@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glmtts_plugins.audio.resampler import SUPPORTED_RATES, StreamResampler
+from glmtts_plugins.audio.stream_resampler import SUPPORTED_RATES, StreamResampler
 
 RNG = np.random.default_rng(11)
 NOISE = (RNG.standard_normal(24000) * 4000).astype("<i2").tobytes()  # 1 s
@@ -109,9 +109,9 @@ def test_bad_rates_are_named() -> None:
 def _reference(pcm: bytes, in_rate: int, out_rate: int) -> np.ndarray:
     """The filter computed the plain way: output n is the prototype FIR applied to the zero-stuffed
     input at up-sampled position n*down + delay (zeros before and after the input)."""
-    from glmtts_plugins.audio.resampler import _design
+    from glmtts_plugins.audio.stream_resampler import _design
 
-    up, down, k, delay, taps = _design(in_rate, out_rate)
+    up, down, _, delay, taps = _design(in_rate, out_rate)
     proto = taps[:, ::-1].T.reshape(-1)  # back to the prototype's order
     x = np.frombuffer(pcm, "<i2").astype(np.float64)
     y = np.zeros(round(len(x) * out_rate / in_rate))
