@@ -2,11 +2,12 @@
 
 Run: ``.venv/bin/python -m bench.capacity`` (about 10 minutes); ``--quick`` for a one-minute look.
 
-The local server runs in its own process (tone engine, GLM-like events of 20 ms of 24 kHz audio, paced
-at real time), so only the client is measured. Each configuration runs in a fresh child process: N calls,
-each speaking random corpus replies back to back, started at random moments of a warm-up; then a window
-of process CPU time (all threads) divided by the seconds of audio the calls received. Side by side, in
-one run:
+The server runs in its own process (``bench/_paced_server.py``: the cloud's SSE events of 20 ms of
+24 kHz audio, paced at real time, a few microseconds per event, because the local server cannot pace more
+than ~70 streams on this machine), so only the client is measured. Each configuration runs in a fresh
+child process: N calls, each speaking random corpus replies back to back, started at random moments of
+a warm-up; then a window of process CPU time (all threads) divided by the seconds of audio the calls
+received. Side by side, in one run:
 
 * ``glmtts``: ``Synthesizer(CloudEngine(...), sample_rate=8000, encoding="mulaw", frame_ms=20)`` (or 16 kHz
   PCM), one engine per call, as each adapter instance makes by default;
@@ -410,11 +411,11 @@ def main() -> None:
     calls = [int(c) for c in args.calls.split(",")]
     ways, formats = args.ways.split(","), args.formats.split(",")
     lengths = [int(n) for n in args.lengths.split(",")]
-    from ._server import server_process
+    from ._paced_server import paced_server
 
     results: dict = {"calls": [], "lengths": {}, "profile": {}}
     base = {"mode": "calls", "seconds": args.seconds, "warmup": args.warmup}
-    with server_process("rtf=1") as url:
+    with paced_server(1.0) as url:
         for fmt in formats:
             for n in calls:
                 for way in ways:
@@ -426,7 +427,7 @@ def main() -> None:
         for way in [w for w in ways if w != "sdk"]:
             spec = {**base, "url": url, "way": way, "format": "mulaw8k", "calls": args.profile_calls}
             results["profile"][way] = run_child({**spec, "profile": True})
-    with server_process("rtf=0.05") as url:
+    with paced_server(0.05) as url:
         reps = [(n, 5 if n <= 100 else 3 if n <= 1000 else 1) for n in lengths]
         for way in ways:
             spec = {"mode": "lengths", "url": url, "way": way, "format": "mulaw8k", "lengths": reps}
