@@ -335,12 +335,12 @@ def _stage(func: tuple[str, int, str]) -> str | None:
     for stage, paths, names in STAGES:
         if any(p in filename for p in paths) and (names is None or name in names):
             return stage
-    if filename == "~":
-        return None  # a builtin: charged to its callers
+    if filename == "~" or filename.endswith(("/contextlib.py", "/functools.py")):
+        return None  # a builtin or a generic helper: charged to its callers
     return "other (the benchmark's own loop, contextlib, ...)"
 
 
-def stages(profiler: cProfile.Profile) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
+def stages(profiler: cProfile.Profile) -> tuple[dict[str, float], list[tuple[str, float, int, str]]]:
     """Seconds of profiled time per stage: each function's own time, builtins charged to their callers
     (in proportion to the time spent in them from each caller)."""
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
@@ -361,9 +361,10 @@ def stages(profiler: cProfile.Profile) -> tuple[dict[str, float], list[tuple[str
 
     for func, (_, _, tottime, _, _) in stats.items():
         charge(func, tottime)
-    top = sorted(((f"{Path(f[0]).name}:{f[2]}", s[2], s[1]) for f, s in stats.items()), key=lambda r: -r[1])[
-        :30
-    ]
+    top = sorted(
+        ((f"{Path(f[0]).name}:{f[2]}", s[2], s[1], _stage(f) or "builtin") for f, s in stats.items()),
+        key=lambda r: -r[1],
+    )[:60]
     return totals, top
 
 
@@ -488,8 +489,8 @@ def report(results: dict, args: argparse.Namespace) -> None:
             share = secs / total
             print(f"| {stage} | {100 * share:.0f}% | {share * plain:.2f} |")
         print("\nTop functions by own time (profiled seconds, calls):")
-        for name, secs, ncalls in prof["top"][:15]:
-            print(f"    {name:<60} {secs:7.3f} s {ncalls:>9}")
+        for name, secs, ncalls, stage in prof["top"][:15]:
+            print(f"    {name:<50} {secs:7.3f} s {ncalls:>9}  {stage[:30]}")
 
 
 if __name__ == "__main__":
