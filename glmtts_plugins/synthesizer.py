@@ -39,7 +39,7 @@ from typing import Literal, Self, get_args
 
 from .audio.framer import FRAME_MS_CHOICES, Framer
 from .audio.g711 import lin2alaw, lin2ulaw
-from .audio.resampler import SUPPORTED_RATES, StreamResampler
+from .audio.stream_resampler import SUPPORTED_RATES, StreamResampler
 from .engines.base import BaseEngine, Engine, as_engine
 from .errors import GLMTTSError, InvalidRequestError
 from .options import VoiceOptions
@@ -99,12 +99,38 @@ class Segment:
     """``time.monotonic()`` when its first audio reached the utterance's iterator."""
 
 
+class _Channel:
+    """An unbounded queue with one consumer: ``asyncio.Queue`` without the bookkeeping (task counts,
+    putters, a deque of getters) that cost more per audio chunk than handing the chunk on itself."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: object) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class _Piece:
     __slots__ = ("chunks", "segment")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
-        self.chunks: asyncio.Queue[object] = asyncio.Queue()
+        self.chunks = _Channel()
 
 
 class Synthesizer:
@@ -285,7 +311,7 @@ class Utterance:
             if synth.frame_ms is None
             else Framer(synth.sample_rate, synth.frame_ms, pad_last=synth.pad_frames)
         )
-        self._pieces: asyncio.Queue[object] = asyncio.Queue()
+        self._pieces = _Channel()
         self._piece: _Piece | None = None
         self._ready: collections.deque[SpeechFrame] = collections.deque()
         self._samples_out = 0  # samples framed so far (frames may still wait in _ready)

@@ -2,8 +2,8 @@
 
 from .framer import FRAME_MS_CHOICES, Framer
 from .g711 import ALAW_SILENCE, ULAW_SILENCE, alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
-from .resample import resample
-from .resampler import SUPPORTED_RATES, StreamResampler
+from .resample_buffer import resample_buffer
+from .stream_resampler import SUPPORTED_RATES, StreamResampler
 from .wav import pcm_to_wav, read_wav, wav_to_pcm, write_wav
 
 __all__ = [
@@ -18,7 +18,7 @@ __all__ = [
     "lin2ulaw",
     "pcm_to_wav",
     "read_wav",
-    "resample",
+    "resample_buffer",
     "ulaw2lin",
     "wav_to_pcm",
     "write_wav",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.resample import resample
+from ..audio.resample_buffer import resample_buffer
 from ..audio.wav import pcm_to_wav, wav_to_pcm
 from ..errors import InvalidRequestError
 
@@ -209,6 +209,6 @@ def _from_file(name: str, path: Path, text: str) -> ReferenceVoice:
             f"{MIN_REFERENCE_S:.0f}-{MAX_REFERENCE_S:.0f} s",
             field="voices",
         )
-    mono = resample(samples.tobytes(), rate, REFERENCE_RATE)
+    mono = resample_buffer(samples.tobytes(), rate, REFERENCE_RATE)
     uri = "data:audio/wav;base64," + base64.b64encode(pcm_to_wav(mono, REFERENCE_RATE)).decode()
     return ReferenceVoice(name, uri, text.strip(), round(duration, 3))
