@@ -227,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             _voices(args)
     except GLMTTSError as exc:
         raise SystemExit(f"glmtts: {exc}") from None
+    except OSError as exc:  # e.g. -o to a directory that does not exist or is not writable
+        raise SystemExit(f"glmtts: {exc}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -11,6 +11,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "ContentBlockedError",
+    "EngineClosedError",
     "GLMTTSError",
     "InvalidRequestError",
     "QuotaExceededError",
@@ -101,6 +102,10 @@ class APIConnectionError(GLMTTSError):
 
 class APITimeoutError(APIConnectionError):
     """Connect, first-byte or read timeout."""
+
+
+class EngineClosedError(GLMTTSError):
+    """The engine was used after ``aclose()``: a programming error, never retried."""
 
 
 class TruncatedStreamError(GLMTTSError):

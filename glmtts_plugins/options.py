@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from dataclasses import replace as _replace
 from typing import Any
 
-from .engines.base import Engine, validate_options
+from .engines.base import BaseEngine, Engine, as_engine, validate_options
 from .voices import DEFAULT_VOICE
 
 __all__ = ["VoiceOptions", "resolve_engine"]
@@ -34,17 +34,21 @@ class VoiceOptions:
 
 
 def resolve_engine(
-    engine: Engine | None = None, api_key: str | None = None, base_url: str | None = None, **cloud: Any
-) -> tuple[Engine, bool]:
+    engine: BaseEngine | Engine | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    **cloud: Any,
+) -> tuple[BaseEngine, bool]:
     """The engine an adapter speaks through, and whether the adapter owns it (and so closes it).
 
-    Either ``engine`` (any core or custom engine, left open by the adapter) or the cloud with
-    ``api_key``/``base_url`` and ``cloud`` keywords for :class:`~glmtts_plugins.CloudEngine`; not both.
+    Either ``engine`` (any core engine, or a custom one given the whole contract by
+    :func:`~glmtts_plugins.as_engine`; left open by the adapter) or the cloud with ``api_key``/``base_url``
+    and ``cloud`` keywords for :class:`~glmtts_plugins.CloudEngine`; not both.
     """
     if engine is not None:
         if api_key is not None or base_url is not None:
             raise ValueError("pass either engine or api_key/base_url, not both")
-        return engine, False
+        return as_engine(engine), False
     from .engines.cloud import CloudEngine
 
     return CloudEngine(api_key, base_url, **cloud), True

@@ -40,7 +40,7 @@ from typing import Literal, Self, get_args
 from .audio.framer import FRAME_MS_CHOICES, Framer
 from .audio.g711 import lin2alaw, lin2ulaw
 from .audio.resampler import SUPPORTED_RATES, StreamResampler
-from .engines.base import Engine
+from .engines.base import BaseEngine, Engine, as_engine
 from .errors import GLMTTSError, InvalidRequestError
 from .options import VoiceOptions
 from .text import MAX_INPUT_CHARS, Segmenter, is_speakable, speech_units, split_text, spoken_prefix
@@ -110,8 +110,9 @@ class _Piece:
 class Synthesizer:
     """Speaks text through ``engine`` as frames of ``frame_ms`` at ``sample_rate`` in ``encoding``.
 
-    ``engine`` is anything with a ``sample_rate`` and an async-generator ``stream(text, *, voice, speed,
-    volume)`` yielding 16-bit mono PCM (the core engines, or your own). Output rates are those of
+    ``engine`` is a :class:`~glmtts_plugins.BaseEngine`, or anything with a ``sample_rate`` and an
+    async-generator ``stream(text, *, voice, speed, volume)`` yielding 16-bit mono PCM, which
+    :func:`~glmtts_plugins.as_engine` wraps (``synth.engine`` is then the wrapper). Output rates are those of
     :data:`~glmtts_plugins.audio.SUPPORTED_RATES`; an engine at the output rate passes through untouched.
     ``frame_ms=None`` skips framing: each engine chunk becomes one frame as soon as it is resampled (lowest
     latency, for frameworks that re-frame audio themselves). ``prefetch`` is how many pieces beyond the
@@ -121,7 +122,7 @@ class Synthesizer:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: BaseEngine | Engine,
         *,
         sample_rate: int = 24000,
         encoding: Encoding = "pcm_s16le",
@@ -133,13 +134,7 @@ class Synthesizer:
         pad_frames: bool = False,
         segmenter: Callable[[], Segmenter] = Segmenter,
     ) -> None:
-        engine_rate = getattr(engine, "sample_rate", None)
-        if (
-            not isinstance(engine_rate, int)
-            or engine_rate <= 0
-            or not callable(getattr(engine, "stream", None))
-        ):
-            raise TypeError("engine must have an integer sample_rate and a stream(text, ...) method")
+        engine = as_engine(engine)  # TypeError for anything that is not an engine
         if sample_rate not in SUPPORTED_RATES:
             allowed = ", ".join(map(str, SUPPORTED_RATES))
             raise InvalidRequestError(
@@ -149,7 +144,7 @@ class Synthesizer:
             raise InvalidRequestError(
                 f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}", field="encoding"
             )
-        if frame_ms is not None and frame_ms not in FRAME_MS_CHOICES:
+        if frame_ms is not None and (type(frame_ms) is not int or frame_ms not in FRAME_MS_CHOICES):
             allowed = ", ".join(map(str, FRAME_MS_CHOICES))
             raise InvalidRequestError(
                 f"frame_ms must be one of {allowed}; got {frame_ms!r}", field="frame_ms"
@@ -437,11 +432,14 @@ class Utterance:
         piece.segment.requested_at = time.monotonic()
         opts = self._options
         try:
-            extra = {} if self._timeout is None else {"timeout": self._timeout}
             stream = self._engine.stream(
-                piece.segment.text, voice=opts.voice, speed=opts.speed, volume=opts.volume, **extra
+                piece.segment.text,
+                voice=opts.voice,
+                speed=opts.speed,
+                volume=opts.volume,
+                timeout=self._timeout,
             )
-            async with _closing(stream):
+            async with contextlib.aclosing(stream):
                 async for chunk in stream:
                     piece.chunks.put_nowait(chunk)
         except BaseException as exc:

@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from .engines.base import SAMPLE_RATE, BaseEngine, validate_request
-from .voices import DEFAULT_VOICE
+from .engines.base import SAMPLE_RATE, BaseEngine
 
 __all__ = ["ToneEngine"]
 
@@ -21,6 +20,8 @@ class ToneEngine(BaseEngine):
     """
 
     sample_rate = SAMPLE_RATE
+    provider = "tone"
+    model = "tone"
 
     def __init__(self, *, ms_per_char: float = 40.0, chunk_bytes: int = 960, gap_s: float = 0.0) -> None:
         self.ms_per_char = ms_per_char
@@ -35,10 +36,9 @@ class ToneEngine(BaseEngine):
         wave = 0.3 * min(volume, 3.0) * np.sin(2 * np.pi * freq * t)
         return (wave * 32767).astype("<i2").tobytes()
 
-    async def stream(  # type: ignore[override]
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    async def _stream(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> AsyncIterator[bytes]:
-        validate_request(text, voice=voice, speed=speed, volume=volume)
         pcm = self.pcm(text, volume=volume)
         for start in range(0, len(pcm), self.chunk_bytes):
             if self.gap_s and start:

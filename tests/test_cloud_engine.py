@@ -212,9 +212,10 @@ async def test_synthesize_returns_a_wav(server, cloud, tone) -> None:
 async def test_missing_key_names_the_variables(server, monkeypatch) -> None:
     monkeypatch.delenv("ZAI_API_KEY", raising=False)
     monkeypatch.delenv("ZHIPUAI_API_KEY", raising=False)
-    async with CloudEngine(base_url=server.base_url) as cloud:
-        with pytest.raises(AuthenticationError, match=r"ZAI_API_KEY.*ZHIPUAI_API_KEY"):
-            await collect(cloud)
+    # A configuration mistake: refused at construction (as a ValueError naming the field), not per request.
+    with pytest.raises(InvalidRequestError, match=r"ZAI_API_KEY.*ZHIPUAI_API_KEY") as info:
+        CloudEngine(base_url=server.base_url)
+    assert info.value.field == "api_key" and isinstance(info.value, ValueError)
     assert server.records == []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import statistics
 import time
 
@@ -9,8 +11,7 @@ import httpx
 import pytest
 
 from glmtts_plugins import CloudEngine
-from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, LocalServer
-from glmtts_plugins.server.runner import check_bind
+from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, LocalServer, check_bind
 from glmtts_plugins.testing import ToneEngine
 
 from .conftest import API_KEY
@@ -124,3 +125,156 @@ async def test_first_audio_is_not_held_back_on_a_reused_connection() -> None:
         ports = {port for _, _, port in srv.state.requests_seen}
     assert len(ports) == 1  # one reused connection
     assert statistics.median(delays[1:]) < 20, delays  # ~1 ms; 40+ ms with the stall
+
+
+class _ClosableStream:
+    """An async iterator that is not a generator (as a wrapped HTTP response may be): only an explicit
+    ``aclose()`` releases it."""
+
+    def __init__(self, chunks: list[bytes], closed: list[int]) -> None:
+        self._chunks, self._closed = list(chunks), closed
+
+    def __aiter__(self) -> _ClosableStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
+
+    async def aclose(self) -> None:
+        self._closed.append(1)
+
+
+class _IteratorEngine(ToneEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed: list[int] = []
+
+    def stream(self, text: str, **kw: object) -> _ClosableStream:  # type: ignore[override]
+        pcm = self.pcm(text)
+        return _ClosableStream([pcm[i : i + 960] for i in range(0, len(pcm), 960)], self.closed)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/paas/v4/audio/speech", GOOD),  # the whole-WAV branch, which did not close it
+        ("/api/paas/v4/audio/speech", {**GOOD, "stream": True, "response_format": "pcm"}),
+        (
+            "/v1/audio/speech",
+            {"model": "m", "input": "你好", "ref_audio": "https://h/r.wav", "ref_text": "t"},
+        ),
+        (
+            "/v1/audio/speech",
+            {"model": "m", "input": "你好", "ref_audio": "https://h/r.wav", "ref_text": "t", "stream": True}
+            | {"response_format": "pcm"},
+        ),
+    ],
+)
+def test_every_reply_closes_the_engine_stream(path: str, body: dict) -> None:
+    engine = _IteratorEngine()
+    with LocalServer(engine, tokens=[API_KEY]) as srv:
+        response = httpx.post(srv.root_url + path, json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+        assert response.status_code == 200 and len(response.content) >= len(engine.pcm("你好"))
+        assert _wait(lambda: srv.records[-1].outcome == "completed")
+    assert engine.closed == [1]
+
+
+@pytest.mark.parametrize("path", ["/api/paas/v4/audio/speech", "/v1/audio/speech"])
+def test_deeply_nested_json_is_a_clean_400(server: LocalServer, path: str) -> None:
+    url = server.root_url + path
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    for nested in (b"[" * 60_000, b'{"a":' * 10_000 + b"1" + b"}" * 10_000):  # under the 64 KiB limit
+        response = httpx.post(url, content=nested, headers=auth)
+        assert response.status_code == 400, response.text
+        assert "nested too deeply" in response.json()["error"]["message"]
+    assert [r.outcome for r in server.records] == ["rejected", "rejected"]
+
+
+@pytest.mark.parametrize("status", ["99", "101", "600", "1000", "-1"])
+def test_a_status_no_http_reply_can_carry_is_a_bad_fault_spec(http: httpx.Client, status: str) -> None:
+    response = http.post("/audio/speech", json=GOOD, headers={FAULT_HEADER: f"status={status}"})
+    assert response.status_code == 400  # answered, not a dropped connection
+    error = response.json()["error"]
+    assert error["code"] == "1210" and "status" in error["message"] and "200 to 599" in error["message"]
+
+
+@pytest.mark.parametrize("fault", ["first_byte_ms=nan", "rtf=-1", "chunk_bytes=-5", "times=-2"])
+def test_non_finite_or_negative_fault_numbers_are_refused(http: httpx.Client, fault: str) -> None:
+    response = http.post("/audio/speech", json=GOOD, headers={FAULT_HEADER: fault})
+    assert response.status_code == 400 and fault.split("=")[0] in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodiless_statuses_write_no_body(server: LocalServer, status: int) -> None:
+    auth = {"Authorization": f"Bearer {API_KEY}", FAULT_HEADER: f"status={status}"}
+    for url, body in (
+        (server.base_url + "/audio/speech", GOOD),
+        (
+            server.root_url + "/v1/audio/speech",
+            {"model": "m", "input": "x", "ref_audio": "https://h/r", "ref_text": "t"},
+        ),
+    ):
+        with httpx.Client(headers=auth) as client:
+            response = client.post(url, json=body)
+            assert response.status_code == status and response.content == b""
+            assert "content-length" not in response.headers or response.headers["content-length"] == "0"
+            assert client.post(url, json=body).status_code == status  # the connection is still usable
+    assert [r.outcome for r in server.records] == ["rejected"] * 4
+
+
+async def test_injected_434_is_an_authentication_error(server: LocalServer) -> None:
+    from glmtts_plugins import AuthenticationError
+
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        direct = await http.post(
+            server.base_url + "/audio/speech", json=GOOD, headers={FAULT_HEADER: "status=434"}
+        )
+    assert direct.status_code == 434 and direct.json()["error"]["code"] == "1220"
+    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="status=434") as srv:
+        async with CloudEngine(api_key=API_KEY, base_url=srv.base_url) as engine:
+            with pytest.raises(AuthenticationError) as info:
+                await engine.synthesize("你好")
+    assert (info.value.status, info.value.code) == (434, "1220")
+    assert len(srv.records) == 1  # not retried
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("path", ["/api/paas/v4/audio/speech", "/v1/audio/speech"])
+def test_a_client_leaving_mid_body_logs_no_traceback(server: LocalServer, path: str) -> None:
+    logs = _Collect()
+    logging.getLogger("uvicorn.error").addHandler(logs)
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                head = (
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+                )
+                sock.sendall(head.encode() + b'{"model": "glm-tts", "input": "')
+                assert _wait(lambda: server.records and server.records[-1].outcome == "running")
+        assert _wait(
+            lambda: len(server.records) == 3 and all(r.outcome == "disconnected" for r in server.records)
+        )
+        time.sleep(0.2)
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(logs)
+    assert [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING] == []
+
+
+def _wait(predicate: object, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

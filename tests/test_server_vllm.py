@@ -10,8 +10,7 @@ import pytest
 
 from glmtts_plugins.audio.wav import pcm_to_wav, wav_to_pcm
 from glmtts_plugins.errors import GLMTTSError, InvalidRequestError
-from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, LocalServer
-from glmtts_plugins.server.app import VLLM_MAX_BODY_BYTES, VLLM_PATH
+from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, VLLM_MAX_BODY_BYTES, VLLM_PATH, LocalServer
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.voices import DEFAULT_VOICE, VOICES
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -280,13 +279,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--public-host", help="host name Twilio reaches (e.g. your ngrok domain)")
     args = parser.parse_args()
-    from glmtts_plugins.server import ThreadedServer
+    import uvicorn
 
-    # ThreadedServer's accepted connections get TCP_NODELAY, so 20 ms media messages are not batched
-    app = create_app(public_host=args.public_host)
-    with ThreadedServer(app, host=args.host, port=args.port, lifespan="on"):
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+    from glmtts_plugins.server import listening_socket
+
+    # listening_socket: accepted connections get TCP_NODELAY, so 20 ms media messages are not batched
+    server = uvicorn.Server(uvicorn.Config(create_app(public_host=args.public_host), lifespan="on"))
+    server.run(sockets=[listening_socket(args.host, args.port)])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Engines turn text into 24 kHz 16-bit mono PCM: the cloud API, a self-hosted vLLM-Omni, or an embedded
 offline stand-in."""
 
-from .base import SAMPLE_RATE, BaseEngine, Engine, validate_request
+from .base import SAMPLE_RATE, BaseEngine, Engine, as_engine, validate_request
 from .cloud import CloudEngine
+from .http import ConnectionInfo, RetryPolicy
 from .offline import OfflineEngine
 from .references import ReferenceVoice, VoiceRegistry
 from .vllm_omni import VllmOmniEngine
@@ -11,10 +12,13 @@ __all__ = [
     "SAMPLE_RATE",
     "BaseEngine",
     "CloudEngine",
+    "ConnectionInfo",
     "Engine",
     "OfflineEngine",
     "ReferenceVoice",
+    "RetryPolicy",
     "VllmOmniEngine",
     "VoiceRegistry",
+    "as_engine",
     "validate_request",
 ]

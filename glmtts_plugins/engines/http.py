@@ -1,4 +1,13 @@
-"""What the HTTP engines share: the key, the pooled client, timeouts, and retries only before audio."""
+"""What the HTTP engines share: the pooled client, one stream loop with pluggable decoders, the
+whole-WAV request, per-attempt deadlines, and retries only before audio.
+
+Each engine supplies only what differs: ``url``, ``_request_body``, ``_decoder`` (how a response body
+becomes PCM: the cloud's SSE events, or raw PCM), ``_error_from`` (how an error body maps to the error
+hierarchy) and ``_gain``. A decoder follows httpx's decoders: ``feed(data)`` returns the PCM in a read,
+``flush()`` the PCM left at the end of the body; it reports an in-stream error through ``error`` (so
+the audio that came before the error, even in the same read, is delivered first) and the logical end
+of the audio through ``finished``.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +15,30 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, TypedDict
 
 import httpx
 
 from ..audio.wav import wav_to_pcm
-from ..errors import (
-    APIConnectionError,
-    APITimeoutError,
-    GLMTTSError,
-    InvalidRequestError,
-    ServerError,
-    TruncatedStreamError,
-)
+from ..errors import EngineClosedError, GLMTTSError, InvalidRequestError, ServerError
 from ..text.limit import MAX_INPUT_CHARS, split_text
-from .base import BaseEngine
+from .base import BaseEngine, check_timeout
+from .transport import Attempt, BearerAuth, ConnectionInfo, Secret, check_base_url, translate_errors
 
-__all__ = ["HTTPEngine", "RetryPolicy"]
+__all__ = ["AudioDecoder", "ConnectionInfo", "HTTPEngine", "HTTPOptions", "RetryPolicy", "check_base_url"]
 
 logger = logging.getLogger("glmtts_plugins.http")
+
+DRAIN_TIMEOUT = 0.25
+"""After the audio's logical end, how long the rest of the body may take to arrive (so the connection
+goes back to the pool) before the connection is closed instead."""
+MAX_ERROR_BODY = 64 * 1024
+"""Bytes of an error body read for its message; the rest is not read."""
+MAX_WAV_BODY = 256 * 1024 * 1024
+"""A whole-WAV body larger than this is refused (about 90 minutes at 24 kHz: far above 1024 characters)."""
+_NOT_AUDIO = ("text/html", "application/xhtml", "text/xml", "application/xml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,95 +57,118 @@ class RetryPolicy:
         return random.uniform(0.0, min(self.max_delay, self.base_delay * (2**attempt)))
 
 
-class _BearerAuth(httpx.Auth):
-    """Adds the key at send time, so no header dict holding it lives in our frames' locals."""
+class HTTPOptions(TypedDict, total=False):
+    """The keywords every HTTP engine takes besides its own."""
 
-    def __init__(self, key: _Secret) -> None:
-        self._key = key
+    connect_timeout: float
+    """TCP connect and TLS handshake (default 5 s)."""
+    first_byte_timeout: float
+    """From sending a request to its first audio, connection included (default 10 s; vLLM-Omni 15 s);
+    a request's ``timeout=`` replaces it."""
+    read_timeout: float
+    """Between two pieces of audio once audio flows (default 10 s)."""
+    retry: RetryPolicy | None
+    http_client: httpx.AsyncClient | None
+    """A client of your own (left open by the engine); by default the engine makes and closes one."""
 
-    def __repr__(self) -> str:
-        return "_BearerAuth('***')"
 
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
-        request.headers["Authorization"] = "Bearer " + self._key.get()
-        yield request
+class AudioDecoder(Protocol):
+    """Turns a streamed response body into PCM (any length; the loop carries a split sample)."""
 
+    finished: bool
+    """The stream announced the end of its audio: stop reading."""
+    error: GLMTTSError | None
+    """An error the stream reported; raised once the audio before it has been yielded."""
 
-class _Secret:
-    """Holds the API key so that no repr, log line or traceback local shows it."""
+    def feed(self, data: bytes) -> bytes: ...
 
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
+    def flush(self) -> bytes: ...
 
 
 class HTTPEngine(BaseEngine):
     """An engine behind an HTTP API: one pooled keep-alive ``httpx.AsyncClient``, a bearer key that no
-    repr, log or traceback shows, a connect timeout, a first-byte deadline and a read timeout re-armed by
-    audio, and retries of retryable errors only before the first audio byte of a request was handed on.
+    repr, log or traceback shows, a connect timeout, a per-attempt deadline for the first audio and a
+    read timeout re-armed by audio, and retries of retryable errors only before the first audio byte of
+    a request was handed on.
 
-    Subclasses provide ``url``, ``_stream_once(body)`` (yields PCM) and ``_raise_for_response``.
+    ``timeout`` (per request) replaces ``first_byte_timeout`` for that request: it bounds each attempt's
+    connect, TLS and first byte together; a timeout names the phase it hit. ``last_connection`` tells
+    whether the last request reused a pooled connection and how long getting it took.
     """
 
     _accept: ClassVar[dict[str, str]] = {}
+    _native_timeout: ClassVar[bool] = True
+    _first_byte_default: ClassVar[float] = 10.0
 
     def __init__(
         self,
         *,
         api_key: str | None,
         base_url: str,
-        connect_timeout: float,
-        first_byte_timeout: float,
-        read_timeout: float,
-        retry: RetryPolicy | None,
-        http_client: httpx.AsyncClient | None,
+        model: str,
+        connect_timeout: float = 5.0,
+        first_byte_timeout: float | None = None,
+        read_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("first_byte_timeout", first_byte_timeout),
-            ("read_timeout", read_timeout),
-        ):
-            if not value > 0:
-                raise InvalidRequestError(f"{name} must be > 0 seconds, got {value!r}", field=name)
-        self._key = _Secret(api_key) if api_key else None
-        self._auth = _BearerAuth(self._key) if self._key else None
-        self.base_url = base_url.rstrip("/")
-        self.first_byte_timeout = first_byte_timeout
-        self.read_timeout = read_timeout
+        if first_byte_timeout is None:
+            first_byte_timeout = self._first_byte_default
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidRequestError(f"model must be a non-empty model name, got {model!r}", field="model")
+        connect = check_timeout(connect_timeout, "connect_timeout", optional=False)
+        first_byte = check_timeout(first_byte_timeout, "first_byte_timeout", optional=False)
+        read = check_timeout(read_timeout, "read_timeout", optional=False)
+        assert connect is not None and first_byte is not None and read is not None
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}", field="retry")
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise InvalidRequestError("http_client must be an httpx.AsyncClient", field="http_client")
+        self.base_url = check_base_url(base_url)
+        self.model = model
+        self._key = Secret(api_key) if api_key else None
+        self._auth = BearerAuth(self._key) if self._key else None
+        self.first_byte_timeout = first_byte
+        self.read_timeout = read
         self.retry = retry or RetryPolicy()
+        self.last_connection: ConnectionInfo | None = None
+        self._closed = False
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=connect_timeout,
-                read=max(first_byte_timeout, read_timeout),
-                write=connect_timeout,
-                pool=connect_timeout,
-            ),
+            timeout=httpx.Timeout(connect=connect, read=max(first_byte, read), write=connect, pool=connect),
             limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
             trust_env=False,
         )
+
+    # -- what each engine supplies ----------------------------------------------------------------
 
     @property
     def url(self) -> str:
         raise NotImplementedError
 
-    def _stream_once(self, body: dict) -> AsyncIterator[bytes]:
+    def _request_body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
         raise NotImplementedError
 
-    async def _raise_for_response(self, response: httpx.Response) -> None:
+    def _decoder(self, response: httpx.Response, request_id: str | None) -> AudioDecoder:
         raise NotImplementedError
+
+    def _error_from(self, status: int, body: bytes, request_id: str | None) -> GLMTTSError:
+        raise NotImplementedError
+
+    def _gain(self, pcm: bytes, volume: float) -> bytes:
+        return pcm
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._client.is_closed:
+            raise EngineClosedError(
+                f"this {type(self).__name__} was closed (aclose()); create a new engine to speak again"
+            )
 
     async def prewarm(self) -> None:
         """Open the keep-alive connection now, so the first request skips TCP and TLS set-up."""
+        self._check_open()
         try:
             response = await self._client.request("HEAD", self.base_url + "/")
             await response.aclose()
@@ -141,43 +176,57 @@ class HTTPEngine(BaseEngine):
             logger.warning("prewarm could not reach %s: %s", self.base_url, type(exc).__name__)
 
     async def aclose(self) -> None:
+        """Close the pooled connections (of a client this engine made); later use raises
+        :class:`~glmtts_plugins.EngineClosedError`."""
+        self._closed = True
         if self._own_client:
             await self._client.aclose()
 
-    async def _stream_pieces(self, text: str, body: Callable[[str, bool], dict]) -> AsyncIterator[bytes]:
-        """Stream ``text`` as one request per piece of at most 1024 characters, in order."""
+    # -- the engine: one request per piece of at most 1024 characters, in order --------------------
+
+    async def _stream(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
+    ) -> AsyncIterator[bytes]:
+        """PCM chunks (even lengths) as the server sends them."""
+        self._check_open()
+        limit = timeout or self.first_byte_timeout
         for piece in split_text(text, MAX_INPUT_CHARS):
             if piece.strip():
-                async with contextlib.aclosing(self._stream_with_retry(body(piece, True))) as chunks:
+                body = self._request_body(piece, True, voice=voice, speed=speed, volume=volume)
+                async with contextlib.aclosing(self._stream_with_retry(body, limit)) as chunks:
                     async for chunk in chunks:
-                        yield chunk
+                        yield self._gain(chunk, volume)
 
-    async def _fetch_pieces(self, text: str, body: Callable[[str, bool], dict]) -> bytes:
+    async def _synthesize(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
+    ) -> bytes:
         """Whole-WAV mode: the PCM of one non-streaming request per piece, concatenated."""
+        self._check_open()
+        limit = timeout or self.first_byte_timeout
         pcm = bytearray()
         for piece in split_text(text, MAX_INPUT_CHARS):
             if piece.strip():
-                request = body(piece, False)
-                pcm += await self._with_retry(lambda b=request: self._fetch_wav(b))
-        return bytes(pcm)
+                body = self._request_body(piece, False, voice=voice, speed=speed, volume=volume)
+                attempt = 0
+                while True:
+                    try:
+                        pcm += await self._fetch_wav(body, limit)
+                        break
+                    except GLMTTSError as exc:
+                        if not self._should_retry(exc, attempt):
+                            raise
+                        await self._backoff(exc, attempt)
+                        attempt += 1
+        return self._gain(bytes(pcm), volume)
 
-    async def _with_retry(self, attempt_fn):  # type: ignore[no-untyped-def]
-        attempt = 0
-        while True:
-            try:
-                return await attempt_fn()
-            except GLMTTSError as exc:
-                if not self._should_retry(exc, attempt):
-                    raise
-                await self._backoff(exc, attempt)
-                attempt += 1
+    # -- retries ----------------------------------------------------------------------------------
 
-    async def _stream_with_retry(self, body: dict) -> AsyncIterator[bytes]:
+    async def _stream_with_retry(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
         attempt = 0
         while True:
             yielded = False
             try:
-                async with contextlib.aclosing(self._stream_once(body)) as chunks:
+                async with contextlib.aclosing(self._stream_once(body, timeout)) as chunks:
                     async for chunk in chunks:
                         yielded = True
                         yield chunk
@@ -200,30 +249,90 @@ class HTTPEngine(BaseEngine):
         logger.info("retrying after %s in %.2fs (attempt %d)", type(exc).__name__, delay, attempt + 1)
         await asyncio.sleep(delay)
 
-    async def _open(self, body: dict, deadline: float) -> httpx.Response:
-        """Send the request and wait for the response head, within the first-byte deadline."""
-        async with _translate_errors(self.url, "first byte"), asyncio.timeout_at(deadline):
-            request = self._client.build_request("POST", self.url, json=body, headers=self._accept)
-            response = await self._client.send(request, auth=self._auth, stream=True)
-        if response.status_code != 200 or response.headers.get("content-type", "").startswith(
-            "application/json"
-        ):
+    # -- one attempt ------------------------------------------------------------------------------
+
+    async def _open(self, body: dict, deadline: float, attempt: Attempt) -> httpx.Response:
+        """Send the request and wait for the response head, within the attempt's deadline; an error
+        status (or a JSON body) raises the engine's error for it."""
+        async with translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
+            request = self._client.build_request(
+                "POST", self.url, json=body, headers=self._accept, extensions={"trace": attempt.trace}
+            )
             try:
-                async with _translate_errors(self.url, "first byte"), asyncio.timeout_at(deadline):
-                    await self._raise_for_response(response)
+                response = await self._client.send(request, auth=self._auth, stream=True)
+            except BaseException:
+                await attempt.abandon()
+                raise
+            finally:
+                self.last_connection = attempt.connection() or self.last_connection
+            attempt.phase = "first byte"
+        if response.status_code != 200 or _media_type(response).startswith("application/json"):
+            request_id = response.headers.get("x-request-id")
+            try:
+                async with translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
+                    data = await _read_capped(response, MAX_ERROR_BODY, truncate=True)
             finally:
                 await response.aclose()
+            raise self._error_from(response.status_code, data, request_id)
         return response
 
-    async def _fetch_wav(self, body: dict) -> bytes:
+    async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
+        """One streamed attempt: a deadline for the first audio (keep-alives do not extend it), then a
+        read deadline re-armed by each piece of audio; a sample split across reads is carried over."""
+        loop = asyncio.get_running_loop()
+        attempt = Attempt()
+        deadline = loop.time() + timeout
+        response = await self._open(body, deadline, attempt)
+        request_id: str | None = response.headers.get("x-request-id")
+        try:
+            _refuse_a_page(response, request_id, "an audio stream")
+            decoder = self._decoder(response, request_id)
+            reads = response.aiter_bytes()  # decodes a Content-Encoding we asked not to get
+            carry = b""
+            ended = False
+            while not (ended or decoder.finished):
+                async with translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
+                    try:
+                        pcm = decoder.feed(await anext(reads))
+                    except StopAsyncIteration:
+                        pcm, ended = decoder.flush(), True
+                if pcm:
+                    if carry:
+                        pcm = carry + pcm
+                    cut = len(pcm) & ~1
+                    carry = pcm[cut:]
+                    if cut:
+                        attempt.phase = "read"
+                        deadline = loop.time() + self.read_timeout
+                        yield pcm[:cut] if carry else pcm
+                if decoder.error is not None:
+                    raise decoder.error
+            if carry:
+                # One rule for every engine: the stream ended cleanly inside a sample. The half sample
+                # cannot be played; the utterance is otherwise whole, so it is dropped, not an error.
+                logger.warning("%s: the audio ended inside a sample; dropped its last byte", self.url)
+            if not ended:
+                # Read the end of the body (normally already here) so the connection goes back to the
+                # pool; a server that lingers after the end only costs the connection, never an error.
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        async for _ in reads:
+                            pass
+        finally:
+            await response.aclose()
+
+    async def _fetch_wav(self, body: dict, timeout: float) -> bytes:
         """Whole-WAV mode: one request, the WAV body checked for our rate and one channel."""
         loop = asyncio.get_running_loop()
-        response = await self._open(body, loop.time() + self.first_byte_timeout)
+        attempt = Attempt()
+        response = await self._open(body, loop.time() + timeout, attempt)
         request_id = response.headers.get("x-request-id")
+        attempt.phase = "read"
         try:
+            _refuse_a_page(response, request_id, "a WAV file")
             # The body of a long text takes a while: bounded per read by the client's read timeout.
-            async with _translate_errors(self.url, "read", request_id):
-                data = await response.aread()
+            async with translate_errors(self.url, attempt, request_id):
+                data = await _read_capped(response, MAX_WAV_BODY)
         finally:
             await response.aclose()
         try:
@@ -238,30 +347,33 @@ class HTTPEngine(BaseEngine):
         return pcm
 
 
-class _translate_errors:
-    """Map httpx and timeout failures to the package's errors, naming the phase that failed."""
+def _media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    __slots__ = ("phase", "request_id", "url")
 
-    def __init__(self, url: str, phase: str, request_id: str | None = None) -> None:
-        self.url, self.phase, self.request_id = url, phase, request_id
+def _refuse_a_page(response: httpx.Response, request_id: str | None, expected: str) -> None:
+    """A 200 that is a web page (a captive portal, a proxy's login) is not audio and retrying will not
+    make it so: a non-retryable error naming what came."""
+    kind = _media_type(response)
+    if kind.startswith(_NOT_AUDIO):
+        raise ServerError(
+            f"expected {expected}, got a {kind} page (a proxy or portal in the way? check base_url)",
+            retryable=False,
+            request_id=request_id,
+        )
 
-    async def __aenter__(self) -> None:
-        return None
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-        if exc is None or isinstance(exc, GLMTTSError):
-            return False
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            message = f"{self.phase} timeout from {self.url}"
-            raise APITimeoutError(message, request_id=self.request_id) from None
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and self.phase == "read":
-            raise TruncatedStreamError(
-                f"the connection to {self.url} broke mid-stream ({type(exc).__name__})",
-                request_id=self.request_id,
-            ) from None
-        if isinstance(exc, httpx.HTTPError):
-            raise APIConnectionError(
-                f"connection to {self.url} failed: {type(exc).__name__}", request_id=self.request_id
-            ) from None
-        return False
+async def _read_capped(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The (decoded) body, at most ``limit`` bytes: cut there when ``truncate``, else refused."""
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            if truncate:
+                return bytes(data[:limit])
+            raise ServerError(
+                f"the response body is over {limit} bytes; refused",
+                retryable=False,
+                request_id=response.headers.get("x-request-id"),
+            )
+    return bytes(data)

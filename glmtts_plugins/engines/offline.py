@@ -26,7 +26,7 @@ import soxr
 
 from ..errors import GLMTTSError, InvalidRequestError
 from ..voices import DEFAULT_VOICE, VOICES
-from .base import SAMPLE_RATE, BaseEngine, validate_request
+from .base import SAMPLE_RATE, BaseEngine
 
 __all__ = ["OfflineEngine", "split_by_script"]
 
@@ -337,24 +337,27 @@ class OfflineEngine(BaseEngine):
     """
 
     sample_rate: int = SAMPLE_RATE
+    provider = "offline"
+    model = "espeak-ng"
 
     def __init__(self, *, chunk_ms: int = 20) -> None:
         if isinstance(chunk_ms, bool) or not isinstance(chunk_ms, int) or not 1 <= chunk_ms <= 1000:
-            raise ValueError(f"chunk_ms must be an integer in [1, 1000], got {chunk_ms!r}")
+            raise InvalidRequestError(
+                f"chunk_ms must be an integer in [1, 1000], got {chunk_ms!r}", field="chunk_ms"
+            )
         self.chunk_ms = chunk_ms
         self._chunk_bytes = max(1, SAMPLE_RATE * chunk_ms // 1000) * 2
 
     def __repr__(self) -> str:
         return f"OfflineEngine(espeak-ng stand-in, chunk_ms={self.chunk_ms})"
 
-    async def stream(  # type: ignore[override]
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+    async def _stream(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> AsyncIterator[bytes]:
         """Yield PCM chunks (even lengths, ``chunk_ms`` each but the last) as espeak produces them.
 
         Closing the generator or cancelling the consuming task stops espeak at its next buffer.
         """
-        validate_request(text, voice=voice, speed=speed, volume=volume)
         runs = _plan(text, voice=voice, speed=speed)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[list[bytes] | _Done] = asyncio.Queue()

@@ -3,7 +3,8 @@
 Feed it network reads of any size; it returns the ``data`` payload of each completed event. It accepts
 LF, CRLF and lone CR line ends (also when a CRLF is split across reads), comment and keep-alive lines,
 multi-line data, and a last event with no trailing newline (call :meth:`SSEDecoder.close`). Lines may be
-arbitrarily long: a read is scanned once, never re-scanned, so a 1 MB line costs linear time.
+arbitrarily long: a read is scanned once, never re-scanned, so a 1 MB line costs linear time;
+:attr:`SSEDecoder.pending` (bytes held for an unfinished line or event) lets the caller bound them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ __all__ = ["SSEDecoder"]
 class SSEDecoder:
     """Turn a byte stream into SSE ``data`` payloads (bytes, one per event)."""
 
-    __slots__ = ("_buf", "_data", "_skip_lf")
+    __slots__ = ("_buf", "_data", "_data_len", "_skip_lf")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._data: list[bytes] = []
+        self._data_len = 0
         self._skip_lf = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for the line and event not finished yet."""
+        return len(self._buf) + self._data_len
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume one read; return the payloads of the events it completed."""
@@ -67,9 +74,11 @@ class SSEDecoder:
             elif line[4:5] == b":":
                 value = line[5:]
                 self._data.append(value[1:] if value[:1] == b" " else value)
+                self._data_len += len(value)
         # Comments (":"), "event", "id", "retry" and unknown fields carry nothing we use.
 
     def _dispatch(self, events: list[bytes]) -> None:
         if self._data:
             events.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
             self._data = []
+            self._data_len = 0

@@ -16,23 +16,18 @@ Verified only against the local server's emulation of this API (``glmtts serve``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 import httpx
 import numpy as np
 
-from ..audio.wav import pcm_to_wav
-from ..errors import InvalidRequestError, ServerError, TruncatedStreamError, error_from_code
-from ..voices import DEFAULT_VOICE
-from .base import SAMPLE_RATE, validate_request
-from .http import HTTPEngine, RetryPolicy, _translate_errors
+from ..errors import GLMTTSError, InvalidRequestError, ServerError, error_from_code
+from .base import SAMPLE_RATE
+from .http import HTTPEngine, HTTPOptions, check_base_url
 from .references import ReferenceVoice, VoiceRegistry
 
 __all__ = ["DEFAULT_MODEL", "VllmOmniEngine"]
@@ -47,13 +42,16 @@ class VllmOmniEngine(HTTPEngine):
 
     ``base_url`` is the server root (``http://gpu-host:8091``; a trailing ``/v1`` is accepted). ``voices`` is
     a directory, a TOML/JSON file, a mapping, or a ready :class:`VoiceRegistry`. ``api_key`` (or
-    ``VLLM_API_KEY``) is sent as a bearer token when set.
+    ``VLLM_API_KEY``) is sent as a bearer token when set. ``options`` are the HTTP engines' timeouts,
+    ``retry`` and ``http_client`` (:class:`~glmtts_plugins.engines.http.HTTPOptions`).
     """
 
     sample_rate = SAMPLE_RATE
+    provider = "vLLM-Omni"
+    _first_byte_default: ClassVar[float] = 15.0
     _accept: ClassVar[dict[str, str]] = {
         "Accept": "audio/pcm, audio/wav, application/json",
-        "Accept-Encoding": "identity",  # raw audio is read as it arrives; never compressed
+        "Accept-Encoding": "identity",  # raw audio is read as it arrives; a compressed one is decoded
     }
 
     def __init__(
@@ -63,28 +61,17 @@ class VllmOmniEngine(HTTPEngine):
         voices: VoiceRegistry | str | Path | Mapping | None = None,
         model: str = DEFAULT_MODEL,
         api_key: str | None = None,
-        connect_timeout: float = 5.0,
-        first_byte_timeout: float = 15.0,
-        read_timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        **options: Unpack[HTTPOptions],
     ) -> None:
         base = base_url or os.environ.get("VLLM_OMNI_BASE_URL")
         if not base:
             raise InvalidRequestError(
                 "base_url is required: the vLLM-Omni server root, e.g. http://gpu-host:8091", field="base_url"
             )
-        base = base.rstrip("/")
-        super().__init__(
-            api_key=api_key or os.environ.get(KEY_ENV_VAR) or None,
-            base_url=base[:-3] if base.endswith("/v1") else base,
-            connect_timeout=connect_timeout,
-            first_byte_timeout=first_byte_timeout,
-            read_timeout=read_timeout,
-            retry=retry,
-            http_client=http_client,
-        )
-        self.model = model
+        base = check_base_url(base)
+        base = base[:-3] if base.endswith("/v1") else base
+        api_key = api_key or os.environ.get(KEY_ENV_VAR) or None
+        super().__init__(api_key=api_key, base_url=base, model=model, **options)
         if voices is None or isinstance(voices, VoiceRegistry):
             self.voices = voices
         else:
@@ -100,24 +87,6 @@ class VllmOmniEngine(HTTPEngine):
     def url(self) -> str:
         return f"{self.base_url}/v1/audio/speech"
 
-    async def stream(  # type: ignore[override]
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
-    ) -> AsyncIterator[bytes]:
-        """Yield PCM chunks (even lengths) as the server produces them."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
-        body = functools.partial(self._body, reference=self._reference(voice), speed=speed)
-        async with contextlib.aclosing(self._stream_pieces(text, body)) as chunks:
-            async for chunk in chunks:
-                yield _gain(chunk, volume)
-
-    async def synthesize(
-        self, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
-    ) -> bytes:
-        """Whole-WAV mode: one non-streaming request per piece of at most 1024 characters."""
-        validate_request(text, voice=voice, speed=speed, volume=volume)
-        body = functools.partial(self._body, reference=self._reference(voice), speed=speed)
-        return pcm_to_wav(_gain(await self._fetch_pieces(text, body), volume), self.sample_rate)
-
     def _reference(self, voice: str) -> ReferenceVoice:
         if self.voices is None:
             raise InvalidRequestError(
@@ -127,7 +96,8 @@ class VllmOmniEngine(HTTPEngine):
             )
         return self.voices.get_voice(voice)
 
-    def _body(self, text: str, stream: bool, *, reference: ReferenceVoice, speed: float) -> dict:
+    def _request_body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
+        reference = self._reference(voice)
         body: dict = {
             "model": self.model,
             "input": text,
@@ -142,46 +112,42 @@ class VllmOmniEngine(HTTPEngine):
             body["speed"] = speed
         return body
 
-    async def _raise_for_response(self, response: httpx.Response) -> None:
-        await _raise_openai_error(response)
-
-    async def _stream_once(self, body: dict) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.first_byte_timeout
-        response = await self._open(body, deadline)
-        request_id = response.headers.get("x-request-id")
+    def _decoder(self, response: httpx.Response, request_id: str | None) -> RawPCMDecoder:
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        encoding = response.headers.get("content-encoding", "identity").lower()
-        if kind not in _RAW_PCM_TYPES or encoding != "identity":
-            await response.aclose()
+        if kind not in _RAW_PCM_TYPES:
             raise ServerError(
-                f"expected a raw PCM stream, got content-type {kind or 'none'!r} ({encoding})",
+                f"expected a raw PCM stream, got content-type {kind!r}",
+                retryable=False,
                 request_id=request_id,
             )
-        carry = b""
-        got_audio = False
-        try:
-            reads = response.aiter_raw()
-            while True:
-                phase = "read" if got_audio else "first byte"
-                async with _translate_errors(self.url, phase, request_id), asyncio.timeout_at(deadline):
-                    try:
-                        data = await anext(reads)
-                    except StopAsyncIteration:
-                        break
-                pcm = carry + data
-                cut = len(pcm) & ~1
-                carry = pcm[cut:]
-                if cut:
-                    got_audio = True
-                    deadline = loop.time() + self.read_timeout
-                    yield pcm[:cut]
-        finally:
-            await response.aclose()
-        if not got_audio:
-            raise ServerError("the server answered 200 with no audio", request_id=request_id)
-        if carry:
-            raise TruncatedStreamError("the audio stream ended inside a sample", request_id=request_id)
+        return RawPCMDecoder(request_id)
+
+    def _error_from(self, status: int, body: bytes, request_id: str | None) -> GLMTTSError:
+        return _openai_error(status, body, request_id)
+
+    def _gain(self, pcm: bytes, volume: float) -> bytes:
+        return _gain(pcm, volume)
+
+
+class RawPCMDecoder:
+    """A raw PCM body is its own audio; a body with none is a :class:`ServerError`."""
+
+    __slots__ = ("_got", "error", "finished", "request_id")
+
+    def __init__(self, request_id: str | None = None) -> None:
+        self._got = False
+        self.finished = False
+        self.error: GLMTTSError | None = None
+        self.request_id = request_id
+
+    def feed(self, data: bytes) -> bytes:
+        self._got = self._got or bool(data)
+        return data
+
+    def flush(self) -> bytes:
+        if not self._got:
+            self.error = ServerError("the server answered 200 with no audio", request_id=self.request_id)
+        return b""
 
 
 def _gain(pcm: bytes, volume: float) -> bytes:
@@ -192,10 +158,8 @@ def _gain(pcm: bytes, volume: float) -> bytes:
     return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
 
 
-async def _raise_openai_error(response: httpx.Response) -> None:
-    """Raise the core error for an OpenAI-shaped (or vLLM's flat, or FastAPI's) error body."""
-    request_id = response.headers.get("x-request-id")
-    body = await response.aread()
+def _openai_error(status: int, body: bytes, request_id: str | None) -> GLMTTSError:
+    """The core error for an OpenAI-shaped (or vLLM's flat, or FastAPI's) error body."""
     message, field = None, None
     try:
         data = json.loads(body)
@@ -205,11 +169,9 @@ async def _raise_openai_error(response: httpx.Response) -> None:
             field = error.get("param")
         elif isinstance(error, str):
             message = error
-    except ValueError:
+    except (ValueError, RecursionError):
         message = body[:200].decode("utf-8", "replace") or None
-    exc = error_from_code(
-        response.status_code, None, str(message or f"HTTP {response.status_code}"), request_id=request_id
-    )
+    exc = error_from_code(status, None, str(message or f"HTTP {status}"), request_id=request_id)
     if isinstance(exc, InvalidRequestError) and isinstance(field, str):
         exc.field = field
-    raise exc
+    return exc

@@ -3,17 +3,27 @@
 Needs the ``server`` extra (Starlette and uvicorn).
 """
 
-from .app import MAX_BODY_BYTES, RequestRecord, create_app
+from .app import create_app
+from .cloud_api import CLOUD_PATH, MAX_BODY_BYTES
 from .faults import FAULT_HEADER, Faults
-from .runner import LocalServer, ThreadedServer, serve
+from .limits import ConnectionLimits
+from .records import RequestRecord
+from .runner import LocalServer, ThreadedServer, check_bind, listening_socket, serve
+from .vllm_api import VLLM_MAX_BODY_BYTES, VLLM_PATH
 
 __all__ = [
+    "CLOUD_PATH",
     "FAULT_HEADER",
     "MAX_BODY_BYTES",
+    "VLLM_MAX_BODY_BYTES",
+    "VLLM_PATH",
+    "ConnectionLimits",
     "Faults",
     "LocalServer",
     "RequestRecord",
     "ThreadedServer",
+    "check_bind",
     "create_app",
+    "listening_socket",
     "serve",
 ]

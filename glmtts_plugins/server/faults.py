@@ -10,7 +10,8 @@ per request with the ``X-GLMTTS-Fault`` header (the header's keys override the s
 ``chunk_ms=N``              pause N ms between events
 ``disconnect_after=N``      drop the TCP connection after N audio events
 ``error_after=N``           after N audio events send an in-stream error (``error_code``, default 1214)
-``status=S`` / ``code=C``   reject the request with HTTP S and business code C before any audio
+``status=S`` / ``code=C``   reject the request with HTTP S (200-599; 204 and 304 carry no body) and
+                            business code C before any audio
 ``times=N``                 apply ``status``/``code`` to only the first N such requests (per server)
 ``no_finish``               end the stream cleanly without the ``finish_reason: "stop"`` event
 ``split``                   write the SSE bytes in irregular 1-7 byte pieces
@@ -27,6 +28,7 @@ per request with the ``X-GLMTTS-Fault`` header (the header's keys override the s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 __all__ = ["FAULT_HEADER", "Faults"]
@@ -83,10 +85,28 @@ class Faults:
                     changes[key] = value.strip()
             except ValueError:
                 raise ValueError(f"fault {key!r} needs a {kind} value, got {value!r}") from None
-        if changes.get("newline", "lf") not in ("lf", "crlf", "cr"):
-            raise ValueError("fault 'newline' must be lf, crlf or cr")
+        _check(changes)
         return replace(result, **changes)  # type: ignore[arg-type]
 
     @property
     def eol(self) -> bytes:
         return {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}[self.newline]
+
+
+#: the least value of each numeric fault (``-1`` is "never" for the ``*_after`` keys, "always" for times)
+_MINIMUM = {"disconnect_after": -1, "error_after": -1, "times": -1}
+
+
+def _check(changes: dict[str, object]) -> None:
+    """Refuse values the server cannot act on: an HTTP status it cannot send, a negative or non-finite
+    number, an unknown line end."""
+    status = changes.get("status", 0)
+    if status and not 200 <= status <= 599:  # type: ignore[operator]
+        raise ValueError(f"fault 'status' must be an HTTP status from 200 to 599, got {status}")
+    for key, value in changes.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            least = _MINIMUM.get(key, 0)
+            if not math.isfinite(value) or value < least:
+                raise ValueError(f"fault {key!r} must be a finite number >= {least}, got {value!r}")
+    if changes.get("newline", "lf") not in ("lf", "crlf", "cr"):
+        raise ValueError("fault 'newline' must be lf, crlf or cr")

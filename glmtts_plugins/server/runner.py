@@ -15,8 +15,13 @@ from typing import Any, Self
 import uvicorn
 
 from ..engines.base import Engine
-from .app import CLOUD_PATH, AbortConnection, RequestRecord, ServerState, create_app
+from .app import create_app
+from .cloud_api import CLOUD_PATH
 from .faults import Faults
+from .handler import ServerState
+from .limits import ConnectionLimits
+from .records import MAX_RECORD_BYTES, MAX_RECORDS, RequestRecord
+from .responses import AbortConnection
 
 __all__ = ["LocalServer", "ThreadedServer", "check_bind", "listening_socket", "serve"]
 
@@ -63,12 +68,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
 class ThreadedServer:
     """Any ASGI app on a free loopback port, in a thread with its own event loop (tests, examples).
 
-    ``lifespan`` is uvicorn's setting ("off" for apps without startup/shutdown, "on" otherwise).
+    ``lifespan`` is uvicorn's setting ("off" for apps without startup/shutdown, "on" otherwise);
+    ``limits`` bound idle, slow and surplus connections.
     """
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "off") -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lifespan: str = "off",
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         self.app = app
         self._host, self._port, self._lifespan = host, port, lifespan
+        self.limits = limits or ConnectionLimits()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -77,11 +92,24 @@ class ThreadedServer:
     def root_url(self) -> str:
         return f"http://{self._host}:{self.port}"
 
-    def start(self) -> Self:
+    def _uvicorn(self, **options: Any) -> tuple[uvicorn.Server, socket.socket]:
+        """A uvicorn server for the app and its bound socket (an OSError, e.g. port in use, surfaces here)."""
         sock = listening_socket(self._host, self._port)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan=self._lifespan, access_log=False)
-        self._server = uvicorn.Server(config)
+        limits = self.limits.uvicorn_options()
+        config = uvicorn.Config(
+            self.app, host=self._host, port=self.port, lifespan=self._lifespan, **limits, **options
+        )
+        return uvicorn.Server(config), sock
+
+    def run(self) -> None:
+        """Serve in the foreground until interrupted, with uvicorn's info and access logs."""
+        server, sock = self._uvicorn(log_level="info")
+        server.run(sockets=[sock])
+
+    def start(self) -> Self:
+        """Serve in a background thread; returns once the server accepts connections."""
+        self._server, sock = self._uvicorn(log_level="warning", access_log=False)
         self._thread = threading.Thread(
             target=lambda: asyncio.run(self._server.serve(sockets=[sock])),  # type: ignore[union-attr]
             name=f"glmtts-server-{self.port}",
@@ -130,8 +158,10 @@ class ThreadedServer:
 class LocalServer(ThreadedServer):
     """The cloud-compatible server on a free loopback port, in a thread with its own event loop.
 
-    ``base_url`` is what a ``CloudEngine`` (or the official SDK) takes; ``records`` lists every request
-    the server saw and how it ended, so tests can prove what happened on the wire.
+    ``base_url`` is what a ``CloudEngine`` (or the official SDK) takes; ``records`` lists the requests
+    the server saw and how they ended (the latest ``max_records``, holding at most ``max_record_bytes``
+    of bodies), so tests can prove what happened on the wire. ``fault_header``: honour a request's
+    ``X-GLMTTS-Fault`` header. ``limits`` bound idle, slow and surplus connections.
     """
 
     def __init__(
@@ -143,15 +173,28 @@ class LocalServer(ThreadedServer):
         tokens: Collection[str] | None = None,
         faults: Faults | str | None = None,
         voices: Collection[str] | None = None,
+        fault_header: bool = True,
+        limits: ConnectionLimits | None = None,
+        max_records: int = MAX_RECORDS,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         check_bind(host, tokens)
         if engine is None:
             from ..engines.offline import OfflineEngine
 
             engine = OfflineEngine()
-        super().__init__(
-            create_app(engine, tokens=tokens, faults=faults, voices=voices), host=host, port=port
+        limits = limits or ConnectionLimits()
+        app = create_app(
+            engine,
+            tokens=tokens,
+            faults=faults,
+            voices=voices,
+            fault_header=fault_header,
+            max_records=max_records,
+            max_record_bytes=max_record_bytes,
+            body_timeout=limits.body_timeout,
         )
+        super().__init__(app, host=host, port=port, limits=limits)
 
     @property
     def state(self) -> ServerState:
@@ -175,10 +218,12 @@ def serve(
     faults: str | None = None,
     fault_header: bool = False,
     voices: Collection[str] | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
-    """Serve in the foreground until interrupted (``glmtts serve``); fault headers only when asked."""
-    check_bind(host, tokens)
-    app = create_app(engine, tokens=tokens, faults=faults, fault_header=fault_header, voices=voices)
-    sock = listening_socket(host, port)  # an OSError (port in use) surfaces before uvicorn starts
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
-    server.run(sockets=[sock])
+    """Serve in the foreground until interrupted (``glmtts serve``); fault headers only when asked.
+
+    Keeps no request records: nothing reads them in a foreground server, and a long-running one must not
+    grow with its traffic.
+    """
+    options: dict[str, Any] = {"tokens": tokens, "faults": faults, "voices": voices, "limits": limits}
+    LocalServer(engine, host=host, port=port, fault_header=fault_header, max_records=0, **options).run()

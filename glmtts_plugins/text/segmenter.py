@@ -4,104 +4,31 @@
 turn. Every cut decision depends only on the text, never on where the tokens happened to be split, so
 the same reply gives the same pieces whether it arrives one character at a time or all at once.
 
-Where it cuts
-    Sentence ends: ``。！？；｡ ! ? ;``, ellipses (``……``, ``...``) and a ``.`` that ends a sentence. Closing
-    quotes and brackets, emoji and whitespace that follow a sentence end go with it ("好的！😊" stays one
-    piece); opening quotes and other leading punctuation go with the next piece. The first piece of a turn
-    may also end at a clause boundary: ``，、：`` or an ASCII ``,`` / ``:`` followed by whitespace.
+The rule
+    * Cuts at sentence ends (``。！？；｡ ! ? ;``, ellipses, a sentence-ending ``.``); the first piece of a
+      turn may also end at a clause (``，、：``, or ASCII ``,`` / ``:`` before whitespace). Closing quotes,
+      emoji and whitespace after a sentence end stay with it.
+    * Never inside a number, URL, e-mail, product/order code, after an abbreviation or initial, or inside
+      a quoted title that closes within ``QUOTE_SPAN_MAX`` (64) characters. A boundary is decided once
+      the next speakable character has arrived (``3.`` may become ``3.5``), or at ``flush()``.
+    * Lengths are :func:`speech_units` (about syllables: one per CJK character or digit, one per three
+      letters of a Latin word), so Chinese and English compare; ``max_chars`` (the API's 1024) counts
+      plain characters and is never exceeded. No piece is empty or only punctuation/emoji/whitespace, and
+      ``"".join(pieces)`` is the input but for stripped whitespace.
 
-Where it never cuts
-    * inside a number (``3.5``, ``3,268.50``, ``12:30``), a URL, an e-mail address or a product/order code
-      (``GD20261123-0457``): an ASCII ``,`` or ``:`` counts only when whitespace follows, an ASCII ``.``
-      ``!`` ``?`` ``;`` only when whitespace or a non-ASCII character follows (after any closing quotes),
-      so a mark glued to the next ASCII character is part of a token;
-    * after an abbreviation: dotted ones whose parts have at most two letters (``e.g.``, ``i.e.``,
-      ``U.S.``, ``a.m.``, ``Ph.D.``), single-letter initials (``J. K.``), titles (``Mr.``, ``Dr.``,
-      ``Prof.``, ``St.``, ``vs.``, ...), and ``No.``, ``Fig.``, ``Jan.``, ``approx.`` ... before a number;
-      and an ASCII mark (``.``, ``...``, ``!``, ``?``, ``;``) followed by a lowercase ASCII letter is never a
-      sentence end either ("Mr. smith", "Wait... what");
-    * at a mark inside a quoted title ``《…》 “…” "…" 「…」 『…』 〈…〉`` that closes within
-      ``QUOTE_SPAN_MAX`` (64) characters of opening — also not right after it: "播放《你好！》这首歌" and
-      “满200减30！”每人一次 stay whole. A longer "quote" is taken for quoted speech (or a stray quote
-      mark) and cut normally, so one unbalanced ``"`` cannot hold the rest of the turn back.
-    * Because text streams in, a boundary is only decided once the next speakable character (letter,
-      digit, CJK) after it has arrived — ``3.`` could become ``3.5``, ``e.`` could become ``e.g.``, ``！``
-      could be followed by ``”`` or ``😊`` — or once ``flush()`` says the turn is over. A mark inside an
-      open quote waits until the quote closes or grows past ``QUOTE_SPAN_MAX``.
+Why the defaults (the 40 replies of ``shared/corpus/replies.jsonl``; the full study is
+``docs/segmenter.md``)
+    * ``first_min_chars = 6``: the first piece ends at the first boundary at which it has at least 6
+      units. 21 of 40 replies open with an interjection or label of at most 4 units ("好的，", "Sure!")
+      and no first boundary falls at 5, so 6 sits just above that gap: the first piece is 12 units in the
+      median (36 at most) against 17.5 for the first sentence, and none is a fragment under 5 units.
+    * ``target_chars = 80``: later pieces merge whole sentences up to 80 units, because GLM-TTS takes
+      prosody from the whole request. Requests per reply: 2.025 at 80 against 2.3 at 20; the one long
+      reply takes 5 requests from 75 to 105, and 80 keeps the wait for a merged piece to ~80 units plus
+      one sentence of LLM output (1-2 s), while the first piece plays for ~2.5 s.
 
-Lengths: speech units
-    ``first_min_chars`` and ``target_chars`` are measured with :func:`speech_units`, which approximates
-    syllables so that Chinese and English compare: one unit per CJK character (hanzi, kana, hangul), one
-    per digit, and one per three letters (rounded up, at least one) of a Latin (or other alphabetic) word;
-    punctuation, emoji and whitespace count zero. "Thanks for calling" = 2 + 1 + 3 = 6 units, about as
-    long spoken as six hanzi. ``max_chars`` is different: it is the API's hard limit and counts plain
-    characters (``len``).
-
-The latency rule and the default ``first_min_chars = 6``
-    The first piece of a turn ends at the first boundary — sentence end or clause — at which it is at
-    least ``first_min_chars`` units long (the minimum applies to a short first *sentence* too: "Sure!" or
-    "没问题！" alone gives under half a second of audio, less than the next request's time to first audio,
-    so it would open a gap). Measured over the 40 replies of ``shared/corpus/replies.jsonl``
-    (``python tests/test_segmenter.py`` prints all of it), the first boundary of a reply falls at
-
-        units   1  2  3  4 | 5  6  8  9 10 12 14 15 16 17 19 22
-        replies 2 12  4  3 | 0  2  2  1  5  2  1  2  1  1  1  1
-
-    21 of 40 replies open with an interjection or a label of at most 4 units ("嗯，", "好的，", "您好，",
-    "OK，", "Sure!", "没问题！", "请注意：", "开心：", "好的好的，"), and no first boundary falls at 5: the
-    next ones are real clauses of 6 or more ("根据您的描述，", "1加1等于2，"). A minimum of 6 sits just
-    above that gap. With it the first piece is 12 units in the median, 21 at the 90th percentile and 36
-    at most, against 17.5 / 32 / 63 for the first sentence (what a sentence-only splitter waits for); in
-    22 of 40 replies the first request leaves before the first sentence has ended, and no first piece is
-    a fragment under 5 units (at 4 there are three: "好的好的，", "稍等一下……", "I'm sorry,"; at 3,
-    seven). Larger values only cost latency: at 8 the median first piece is 13.5 units and 21 replies cut
-    early, at 11 it is 16.5 and 17. Six units is also about 1.2 s of speech, roughly the time to first
-    audio of the following request.
-
-Later pieces and the default ``target_chars = 80``
-    After the first piece only sentence ends count, and consecutive sentences are merged: the pending
-    piece is emitted when the next sentence would take it past ``target_chars`` units (or ``max_chars``
-    characters), as soon as it reaches ``target_chars`` by itself, and at ``flush()``. GLM-TTS takes
-    prosody and emotion from the whole request, so fewer, longer requests sound better once audio is
-    flowing. Over the corpus the rest of a reply after its first piece is 18.5 units in the median, 41 at
-    the 90th percentile and 258 at most (the one "long" reply, whose sentences run 9-65 units). Requests
-    per reply by target: 20 → 2.3 on average (32 of 40 replies in at most two), 40 → 2.15 (37), 60 → 2.1
-    (39), 80 → 2.025 (39), 120 → 2.0 (39). The long reply takes 8 requests up to 65 — its sentences
-    never pair up — 7 at 70, 5 from 75 to 105 (pieces of 39-75 units, 8-15 s of audio), 4 from 110 with
-    pieces of up to 120 units. 80 is just inside the 75-105 plateau (a little margin over 75), and keeps
-    the wait for a merged piece short: it is emitted once it holds 80 units or the next sentence
-    would overflow it, i.e. after at most ~80 + one sentence (median ~20) units of LLM output: 1-2 s at
-    50-100 characters a second, while the first piece (median 12 units) plays for ~2.5 s. Replies whose
-    rest is under 80 units (39 of 40 here) send it as one piece when the LLM finishes.
-
-Never too long, never empty
-    No piece exceeds ``max_chars`` (default ``MAX_INPUT_CHARS`` = 1024): a stretch with no usable sentence
-    end is cut by :func:`~glmtts_plugins.text.limit.split_text` (last sentence end, else last clause, else
-    last space, else a character boundary that keeps ASCII words whole), fed a copy of the text in which
-    numbers, codes, URLs, e-mails and quoted titles are masked as one word so it cannot cut inside them.
-    No piece is empty or only punctuation / emoji / whitespace: those attach to a neighbour.
-
-Nothing lost
-    Pieces are stripped of surrounding whitespace; otherwise ``"".join(pieces)`` is the input. The only
-    text ever dropped is text without a single speakable character that has no piece to attach to: a turn
-    made only of punctuation/emoji/whitespace gives no piece at all (TTS cannot speak it), and so does such
-    a run longer than ``max_chars`` — e.g. 2000 "！" — left over after the pieces around it are full.
-
-Known limitations
-    * Heuristics for English ``.``: a sentence ending in an abbreviation or an initial ("...in the U.S.
-      Then", "...at 7 a.m. Then", "...vitamin C. Next") is not cut there, the next sentence is merged in;
-      so is one starting with a lowercase letter, and one that ends inside a short quotation
-      ('He said "Hello." Then...'). Quoted speech longer than 64 characters is cut like normal text.
-    * Every boundary waits for the next speakable character, so a piece leaves one token later than a
-      splitter that cuts on the mark itself would send it.
-    * The last piece of a turn can be short when the first piece was cut at a clause near the end
-      ("...G17次列车，" then "对吧？"): the segmenter cannot know the turn is about to end.
-    * The second request waits for up to ``target_chars`` + one sentence of LLM output. With a slow LLM
-      (well under ~40 characters a second) and a short first piece that can leave a gap after the first
-      piece; lower ``target_chars`` there.
-    * Speech units are an approximation (syllables per English letter vary); ``max_chars`` cuts of text
-      with no usable boundary (over 1024 characters without a sentence end) can split a word or an
-      abbreviation pair like "Mr. | Smith", though never a number, code, URL or quoted title.
+Known limitations (details in ``docs/segmenter.md``): an English sentence ending in an abbreviation is
+merged with the next; every boundary waits for one more token; a turn's last piece can be short.
 """
 
 from __future__ import annotations

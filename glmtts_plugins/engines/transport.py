@@ -1,0 +1,167 @@
+"""The connection side of the HTTP engines: the key kept out of sight, the URL check, following one
+attempt through httpcore's ``trace`` extension, and translating transport failures to our errors."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from ..errors import (
+    APIConnectionError,
+    APITimeoutError,
+    GLMTTSError,
+    InvalidRequestError,
+    TruncatedStreamError,
+)
+
+__all__ = ["Attempt", "BearerAuth", "ConnectionInfo", "Secret", "check_base_url", "translate_errors"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """How the last request got its connection, for metrics (LiveKit's ``TTSMetrics``).
+
+    ``reused``: a pooled keep-alive connection was used (``None`` when the transport does not say);
+    ``acquire_time``: seconds from sending the request until the connection was ready for it
+    (includes TCP connect and TLS for a new connection).
+    """
+
+    reused: bool | None
+    acquire_time: float
+
+
+class Attempt:
+    """One HTTP attempt, followed through httpcore's ``trace`` extension: which phase it is in (to
+    name a timeout), whether its connection was reused, and the raw TCP stream of a connection still
+    being set up.
+
+    httpcore does not close that stream when the TLS handshake fails or is cancelled (the socket would
+    linger until garbage collection), so :meth:`abandon` closes it.
+    """
+
+    __slots__ = ("_raw", "acquire_time", "phase", "reused", "started")
+
+    def __init__(self) -> None:
+        self.phase = "first byte"  # until httpcore reports a connect (a transport that does not trace)
+        self.reused: bool | None = None
+        self.acquire_time: float | None = None
+        self.started = time.perf_counter()
+        self._raw: object = None
+
+    async def trace(self, name: str, info: dict) -> None:
+        if name.endswith(".connect_tcp.complete"):
+            self._raw = info.get("return_value")
+            return
+        if name.endswith(".start_tls.complete"):
+            self._raw = None
+            return
+        if not name.endswith(".started"):
+            return
+        if ".connect_" in name:
+            self.phase, self.reused = "connect", False
+        elif ".start_tls." in name:
+            self.phase = "TLS"
+        elif name.endswith(".send_request_headers.started"):
+            self._raw = None  # the connection is set up and owned by the pool
+            self.phase = "first byte"
+            if self.reused is None:
+                self.reused = True
+            if self.acquire_time is None:
+                self.acquire_time = time.perf_counter() - self.started
+
+    async def abandon(self) -> None:
+        """Close the TCP stream of a connection whose set-up failed or was cancelled."""
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                await raw.aclose()  # type: ignore[attr-defined]
+
+    def connection(self) -> ConnectionInfo | None:
+        if self.acquire_time is None:
+            return None
+        return ConnectionInfo(self.reused, self.acquire_time)
+
+
+def check_base_url(value: object) -> str:
+    """``value`` without a trailing slash if it is an absolute http(s) URL with a host and a valid port;
+    else :class:`InvalidRequestError` naming ``base_url`` (never a retryable connection error later)."""
+    hint = "an absolute http:// or https:// URL such as https://open.bigmodel.cn/api/paas/v4"
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(f"base_url must be {hint}, got {value!r}", field="base_url")
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise InvalidRequestError(
+            f"base_url {value!r} does not parse ({exc}); use {hint}", field="base_url"
+        ) from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidRequestError(f"base_url {value!r} lacks a scheme or host; use {hint}", field="base_url")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InvalidRequestError(f"base_url {value!r}: port must be 1-65535", field="base_url")
+    return value.rstrip("/")
+
+
+class BearerAuth(httpx.Auth):
+    """Adds the key at send time, so no header dict holding it lives in our frames' locals."""
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "BearerAuth('***')"
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        request.headers["Authorization"] = "Bearer " + self._key.get()
+        yield request
+
+
+class Secret:
+    """Holds the API key so that no repr, log line or traceback local shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+
+class translate_errors:
+    """Map httpx and timeout failures to the package's errors, naming the attempt's phase (connect, TLS,
+    first byte, read) when it timed out."""
+
+    __slots__ = ("attempt", "request_id", "url")
+
+    def __init__(self, url: str, attempt: Attempt, request_id: str | None = None) -> None:
+        self.url, self.attempt, self.request_id = url, attempt, request_id
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        if exc is None or isinstance(exc, GLMTTSError):
+            return False
+        phase = self.attempt.phase
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            message = f"{phase} timeout from {self.url}"
+            raise APITimeoutError(message, request_id=self.request_id) from None
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and phase == "read":
+            raise TruncatedStreamError(
+                f"the connection to {self.url} broke mid-stream ({type(exc).__name__})",
+                request_id=self.request_id,
+            ) from None
+        if isinstance(exc, httpx.HTTPError):
+            raise APIConnectionError(
+                f"connection to {self.url} failed during {phase}: {type(exc).__name__}",
+                request_id=self.request_id,
+            ) from None
+        return False
