@@ -16,33 +16,38 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import ClassVar
 
-from glmtts_plugins import APIConnectionError, APITimeoutError, Engine, GLMTTSError
+from glmtts_plugins import APIConnectionError, APITimeoutError, BaseEngine, GLMTTSError
 
 __all__ = ["OutageGuard", "is_connect_failure"]
 
 
 def is_connect_failure(exc: BaseException) -> bool:
-    """A failure to reach the endpoint at all (not a slow or failing server once connected)."""
+    """A failure to reach the endpoint at all (refused, unroutable, a connect or TLS timeout), not a slow
+    or failing server once connected. The HTTP engines name the phase in the message."""
     if not isinstance(exc, APIConnectionError):
         return False
-    if isinstance(exc, APITimeoutError):  # only a connect or TLS timeout says the endpoint is unreachable
-        return str(exc.message).lower().startswith(("connect", "tls"))
-    return True
+    message = str(exc.message)
+    if isinstance(exc, APITimeoutError):
+        return message.lower().startswith(("connect", "tls"))
+    return not ("during first byte" in message or "during read" in message)
 
 
-class OutageGuard:
+class OutageGuard(BaseEngine):
     """An engine wrapper that rides out connection failures up to ``unusable_after_s``, then gives up.
 
     ``down_for`` says how long the endpoint has refused every connection (0 once any audio arrived), so
-    the service can tell an outage from a blip. It speaks for the engine it wraps: same rate, same
-    ``stream`` keywords.
+    the service can tell an outage from a blip. It speaks for the engine it wraps (same rate, model and
+    provider); each attempt gets the request's ``timeout``.
     """
 
-    def __init__(self, engine: Engine, *, unusable_after_s: float, retry_every_s: float = 0.25) -> None:
+    _native_timeout: ClassVar[bool] = True  # the wrapped engine applies the timeout to each attempt
+
+    def __init__(self, engine: BaseEngine, *, unusable_after_s: float, retry_every_s: float = 0.25) -> None:
         self.engine = engine
         self.sample_rate = engine.sample_rate
+        self.provider, self.model = engine.provider, engine.model
         self.unusable_after_s = unusable_after_s
         self.retry_every_s = retry_every_s
         self._down_since: float | None = None
@@ -60,12 +65,14 @@ class OutageGuard:
         """Forget the outage (an application brought the service back with ``set_usable(True)``)."""
         self._down_since = None
 
-    async def stream(self, text: str, **options: Any) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
+    ) -> AsyncIterator[bytes]:
         while True:
             started = time.monotonic()
             yielded = False
             try:
-                chunks = self.engine.stream(text, **options)
+                chunks = self.engine.stream(text, voice=voice, speed=speed, volume=volume, timeout=timeout)
                 async with contextlib.aclosing(chunks):  # type: ignore[type-var]
                     async for chunk in chunks:
                         if not yielded:

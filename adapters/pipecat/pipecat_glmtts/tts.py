@@ -47,6 +47,7 @@ from glmtts_plugins import (
     DEFAULT_VOICE,
     APIConnectionError,
     AuthenticationError,
+    BaseEngine,
     Engine,
     GLMTTSError,
     InvalidRequestError,
@@ -238,7 +239,7 @@ class GLMHttpTTSService(TTSService):
         self._changed_at_runtime: set[str] = set()
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> BaseEngine:
         return self._engine
 
     @property
@@ -281,12 +282,9 @@ class GLMHttpTTSService(TTSService):
             self._prewarm_task = self.create_task(self._prewarm(), name="glmtts-prewarm")
 
     async def _prewarm(self) -> None:
-        prewarm = getattr(self._engine, "prewarm", None)
-        if prewarm is None:
-            return
         try:
             async with asyncio.timeout(self._prewarm_timeout_s):
-                await prewarm()
+                await self._engine.prewarm()
         except TimeoutError:
             logger.warning(f"{self}: prewarm got no answer within {self._prewarm_timeout_s} s")
         except Exception as exc:  # a prewarm is a hint: its failure shows up on the first request
@@ -307,9 +305,8 @@ class GLMHttpTTSService(TTSService):
             await self.cancel_task(self._prewarm_task)
             self._prewarm_task = None
         await self._cancel_all()
-        aclose = getattr(self._engine, "aclose", None)
-        if self._owns_engine and aclose is not None and not self._closed:
-            await aclose()
+        if self._owns_engine and not self._closed:
+            await self._engine.aclose()
         self._closed = True
 
     async def _cancel_all(self) -> None:
@@ -347,8 +344,7 @@ class GLMHttpTTSService(TTSService):
         return changed
 
     def _set_engine_model(self, model: str) -> None:
-        if hasattr(self._engine, "model"):
-            self._engine.model = model  # type: ignore[attr-defined]
+        self._engine.model = model  # the cloud engine sends it with each request
         self._model_of_engine = model
 
     def _revert_runtime_settings(self) -> str:
@@ -378,6 +374,8 @@ class GLMHttpTTSService(TTSService):
             said = self._revert_runtime_settings()
             message = f"GLM-TTS refused the settings changed at runtime: {said}: {exc}"
             category = ErrorCategory.APPLICATION
+        elif isinstance(exc, InvalidRequestError) and exc.field == "text":
+            category = ErrorCategory.APPLICATION  # this text was refused; the next one is spoken as usual
         elif is_connect_failure(exc) and self._guard.down:
             message = f"GLM-TTS endpoint unreachable for {self._guard.down_for:.1f} s: {exc}"
             await super().set_usable(False)  # failover strategies switch on this; set_usable(True) undoes it
