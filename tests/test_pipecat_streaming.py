@@ -310,3 +310,19 @@ async def test_sentence_mode_still_works_as_before() -> None:
     got = sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) // 2
     assert got == samples(tone, [r.body["input"] for r in records], 8000)
     assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+async def test_ttfb_and_usage_metrics_once_per_turn() -> None:
+    from pipecat.frames.frames import MetricsFrame
+    from pipecat.metrics.metrics import TTFBMetricsData, TTSUsageMetricsData
+
+    replies = ["您好，这里是星河银行信用卡中心。请问有什么可以帮您？", "好的，我帮您查一下，请稍等。"]
+    rng = random.Random(6)
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        frames = [f for r in replies for f in turn(tokenize(r, rng), 0.01)]
+        down, _ = await run_test(service(srv), frames_to_send=frames, pipeline_params=params(16000))
+    data = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
+    ttfb = [d for d in data if isinstance(d, TTFBMetricsData) and d.value > 0]
+    usage = [d.value for d in data if isinstance(d, TTSUsageMetricsData)]
+    assert len(ttfb) == len(replies)
+    assert usage == [len(r) for r in replies]
