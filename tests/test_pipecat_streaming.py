@@ -326,3 +326,14 @@ async def test_ttfb_and_usage_metrics_once_per_turn() -> None:
     usage = [d.value for d in data if isinstance(d, TTSUsageMetricsData)]
     assert len(ttfb) == len(replies)
     assert usage == [len(r) for r in replies]
+
+
+async def test_prefetch_zero_is_one_request_at_a_time_and_bad_values_are_refused() -> None:
+    tokens = tokenize(REPLIES[0] + REPLIES[1], random.Random(8))
+    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=0.5") as srv:
+        await run_test(service(srv, prefetch=0), frames_to_send=turn(tokens), pipeline_params=params(8000))
+        records = sorted(srv.records, key=lambda r: r.started)
+    assert [r.body["input"] for r in records] == pieces_of(tokens) and len(records) >= 2
+    assert all(b.started >= a.ended for a, b in itertools.pairwise(records))
+    with pytest.raises(ValueError, match="prefetch"):
+        GLMHttpTTSService(api_key=API_KEY, prefetch=-1)
