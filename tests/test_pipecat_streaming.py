@@ -337,3 +337,23 @@ async def test_prefetch_zero_is_one_request_at_a_time_and_bad_values_are_refused
     assert all(b.started >= a.ended for a, b in itertools.pairwise(records))
     with pytest.raises(ValueError, match="prefetch"):
         GLMHttpTTSService(api_key=API_KEY, prefetch=-1)
+
+
+async def test_text_outside_an_llm_turn_is_spoken_at_once() -> None:
+    from pipecat.frames.frames import TextFrame
+
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        t0 = time.monotonic()
+        down, up = await run_test(
+            service(srv),
+            frames_to_send=[TextFrame("你好。"), TextFrame("再见。")],
+            pipeline_params=params(8000),
+        )
+        elapsed = time.monotonic() - t0
+        inputs = [r.body["input"] for r in srv.records]
+    assert inputs == ["你好。", "再见。"] and elapsed < 4.0, elapsed  # no stop_frame_timeout_s (12 s) wait
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) // 2 == samples(
+        tone, inputs, 8000
+    )

@@ -486,6 +486,11 @@ class GLMHttpTTSService(TTSService):
             return
         async for frame in self._speak_inline(text, context_id):
             yield frame
+        if self._streaming and self._speak_frame is None:
+            # text outside any LLM turn (a bare TextFrame): its own audio context, which no turn end
+            # closes, so it is closed here rather than after stop_frame_timeout_s
+            await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
+            await self.remove_audio_context(context_id)
 
     async def _speak_inline(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         try:
