@@ -355,3 +355,22 @@ def test_token_mode_is_refused_clearly() -> None:
 
     with pytest.raises(ValueError, match="text_aggregation_mode"):
         GLMHttpTTSService(api_key=API_KEY, text_aggregation_mode=TextAggregationMode.TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"request_timeout": 0}, "request_timeout"),
+        ({"unusable_after_s": -1}, "unusable_after_s"),
+        ({"sample_rate": 11025}, "sample_rate"),
+        ({"prefetch": "x"}, "prefetch"),
+        ({"settings": GLMHttpTTSService.Settings(speed=5.0)}, "speed"),
+        ({"settings": GLMHttpTTSService.Settings(model="")}, "model"),
+    ],
+)
+def test_constructor_mistakes_are_value_errors_naming_the_field(kw: dict, field: str) -> None:
+    from glmtts_plugins import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=field) as info:
+        GLMHttpTTSService(api_key=API_KEY, **kw)
+    assert isinstance(info.value, ValueError) and info.value.field == field

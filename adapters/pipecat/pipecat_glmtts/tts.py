@@ -161,6 +161,15 @@ class GLMHttpTTSService(TTSService):
                 f"unusable_after_s must be a number of seconds > 0; got {unusable_after_s!r}",
                 field="unusable_after_s",
             )
+        if request_timeout is not None and (
+            not isinstance(request_timeout, int | float)
+            or isinstance(request_timeout, bool)
+            or not 0 < request_timeout < math.inf
+        ):
+            raise InvalidRequestError(
+                f"request_timeout must be a number of seconds > 0; got {request_timeout!r}",
+                field="request_timeout",
+            )
         if kwargs.get("aggregate_sentences") is not None and text_aggregation_mode is None:
             text_aggregation_mode = (
                 TextAggregationMode.SENTENCE if kwargs["aggregate_sentences"] else TextAggregationMode.TOKEN
@@ -202,15 +211,6 @@ class GLMHttpTTSService(TTSService):
             speed=options.speed,
             volume=options.volume,
         )
-        if request_timeout is not None and (
-            not isinstance(request_timeout, int | float)
-            or isinstance(request_timeout, bool)
-            or not 0 < request_timeout < math.inf
-        ):
-            raise InvalidRequestError(
-                f"request_timeout must be a number of seconds > 0; got {request_timeout!r}",
-                field="request_timeout",
-            )
         super().__init__(
             sample_rate=sample_rate,
             push_start_frame=True,
