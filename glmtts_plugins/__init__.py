@@ -30,6 +30,7 @@ from .errors import (
     TruncatedStreamError,
 )
 from .options import VoiceOptions, resolve_engine
+from .pace import pace
 from .synthesizer import ENCODINGS, Encoding, Segment, SpeechFrame, Synthesizer, Utterance
 from .voices import DEFAULT_VOICE, VOICES
 
@@ -65,5 +66,6 @@ __all__ = [
     "VoiceOptions",
     "VoiceRegistry",
     "__version__",
+    "pace",
     "resolve_engine",
 ]
