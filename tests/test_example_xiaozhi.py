@@ -149,7 +149,7 @@ def stale_ms(events: list[Event], at: float) -> float:
     return max(0.0, 1000 * (playing_until - at))
 
 
-def check_reply(events: list[Event], script_reply: str) -> np.ndarray:
+def check_reply(events: list[Event], script_reply: str, rate: int = 24000) -> np.ndarray:
     """tts start, then sentence_start before each sentence's packets, packets, tts stop: the audio."""
     kinds = [(e.kind, e.message.get("state")) for e in events]
     assert kinds[0] == ("json", "start"), kinds[:3]
@@ -162,9 +162,9 @@ def check_reply(events: list[Event], script_reply: str) -> np.ndarray:
         if e.message.get("state") == "sentence_start":
             assert events[i + 1].kind == "audio"
     packets = [e.packet for e in events if e.kind == "audio"]
-    dec = OpusDecoder(24000)
+    dec = OpusDecoder(rate)
     audio = np.frombuffer(b"".join(dec.decode(p) for p in packets) + dec.flush(), "<i2")
-    assert len(audio) == len(packets) * 24000 * FRAME_MS // 1000
+    assert len(audio) == len(packets) * rate * FRAME_MS // 1000
     return audio
 
 
@@ -278,19 +278,21 @@ def _wait(predicate: Callable[[], bool], within: float = 5.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize(("header", "in_hello"), [(2, 1), (None, 3)])
-async def test_protocol_versions_2_and_3(header: int | None, in_hello: int) -> None:
-    """Version 2 chosen by the Protocol-Version header, version 3 by the hello's version field."""
+@pytest.mark.parametrize(("header", "in_hello", "rate"), [(2, 1, 24000), (None, 3, 16000)])
+async def test_protocol_versions_2_and_3(header: int | None, in_hello: int, rate: int) -> None:
+    """Version 2 chosen by the Protocol-Version header, version 3 by the hello's version field; the
+    server's Opus at 24 or 16 kHz, as announced in its hello."""
     speech = await device_speech()
-    with ThreadedServer(app_with(), lifespan="on") as srv:  # the example's own local server
+    with ThreadedServer(app_with(sample_rate=rate), lifespan="on") as srv:  # the example's own local server
         async with connect(srv.port, version=header) as ws:
             version = header or in_hello
             device = FakeDevice(ws, version)
-            await device.start(version_in_hello=in_hello)
+            hello = await device.start(version_in_hello=in_hello)
+            assert hello["audio_params"]["sample_rate"] == rate
             t_stop = await device.speak(speech[:20])
             stop = await device.wait(tts("stop"), 30, after=t_stop)
-            audio = check_reply(device.since(t_stop, stop.t + 1e-6), SCRIPT[0])
-            assert speech_share(audio) > 0.5
+            audio = check_reply(device.since(t_stop, stop.t + 1e-6), SCRIPT[0], rate)
+            assert speech_share(audio, rate) > 0.5
             await device.close()
 
 
@@ -344,7 +346,8 @@ def test_beyond_loopback_the_app_refuses_to_start_without_a_token(monkeypatch: p
 
 async def test_malformed_input_is_ignored_and_the_session_still_works() -> None:
     speech = await device_speech()
-    with ThreadedServer(app_with(), lifespan="on") as srv:
+    app = app_with()
+    with ThreadedServer(app, lifespan="on") as srv:
         async with connect(srv.port, version=2) as ws, connect(srv.port, version=3) as other_ws:
             other = FakeDevice(other_ws, 3)
             await other.start()
@@ -373,10 +376,14 @@ async def test_malformed_input_is_ignored_and_the_session_still_works() -> None:
                 with pytest.raises(ConnectionClosed):  # type: ignore[attr-defined]
                     await asyncio.wait_for(big._reader, 5)
                 assert big_ws.close_code == 1009
-            for d in (device, other):  # both sessions still work
+
+            async def turn(d: FakeDevice) -> None:
                 t_stop = await d.speak(speech[:15])
                 stop = await d.wait(tts("stop"), 30, after=t_stop)
                 check_reply(d.since(t_stop, stop.t + 1e-6), SCRIPT[0])
+
+            await asyncio.gather(turn(device), turn(other))  # both sessions still work
+            assert app.state.sessions == 2
             await device.close()
             await other.close()
 
@@ -413,3 +420,46 @@ async def test_twenty_random_aborts_leave_no_stale_packet_task_or_request(tts_se
     print(f"server tasks after each abort: {counts}")
     assert max(counts[5:]) <= counts[4] + 2  # no growth with the number of aborts
     assert any(r.outcome == "disconnected" for r in tts_server.records)
+
+
+async def test_the_speaker_shows_what_was_heard_and_orders_a_reply() -> None:
+    """XiaozhiSpeaker alone in Pipecat's harness: stt for a transcription; tts start, sentence_start and
+    packets in order (timestamps for the version-2 header), tts stop after the last packet."""
+    from pipecat.frames.frames import (
+        AggregatedTextFrame,
+        OutputTransportMessageUrgentFrame,
+        TranscriptionFrame,
+        TTSAudioRawFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+    )
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.tests.utils import SleepFrame, run_test
+    from pipecat_glmtts.xiaozhi import XiaozhiPacket, XiaozhiSession, XiaozhiSpeaker
+
+    session = XiaozhiSession(None, "s", 1, None, None, 16000, 24000, 60)  # type: ignore[arg-type]
+    speaker = XiaozhiSpeaker(session, prebuffer_ms=120)
+    sentence = AggregatedTextFrame("你好。", "sentence")
+    sentence.will_be_spoken, sentence.context_id = True, "c1"
+    tone = (np.sin(np.arange(24000 // 2) / 5) * 8000).astype("<i2").tobytes()  # 0.5 s
+    down, _ = await run_test(
+        speaker,
+        frames_to_send=[
+            TranscriptionFrame("明天天气怎么样", "user", "now"),
+            sentence,
+            TTSStartedFrame(context_id="c1"),
+            TTSAudioRawFrame(tone, 24000, 1, context_id="c1"),
+            TTSStoppedFrame(context_id="c1"),
+            SleepFrame(1.2),
+        ],
+        expected_down_frames=None,
+        pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+    )
+    sent = [f.message for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
+    assert sent[0] == {"type": "stt", "text": "明天天气怎么样"}
+    assert sent[1] == {"type": "tts", "state": "start"}
+    assert sent[2] == {"type": "tts", "state": "sentence_start", "text": "你好。"}
+    packets = sent[3:-1]
+    assert len(packets) == 9 and all(isinstance(p, XiaozhiPacket) for p in packets)  # ceil(500 / 60)
+    assert [p.timestamp_ms for p in packets] == [60 * i for i in range(9)]
+    assert sent[-1] == {"type": "tts", "state": "stop"}
