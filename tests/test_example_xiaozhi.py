@@ -376,6 +376,14 @@ async def test_malformed_input_is_ignored_and_the_session_still_works() -> None:
                 with pytest.raises(ConnectionClosed):  # type: ignore[attr-defined]
                     await asyncio.wait_for(big._reader, 5)
                 assert big_ws.close_code == 1009
+            async with connect(srv.port) as flood_ws:  # and one that floods junk: closed (1008)
+                flood = FakeDevice(flood_ws, 1)
+                await flood.start()
+                for _ in range(101):
+                    await flood_ws.send("{")
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(flood._reader, 5)
+                assert flood_ws.close_code == 1008
 
             async def turn(d: FakeDevice) -> None:
                 t_stop = await d.speak(speech[:15])

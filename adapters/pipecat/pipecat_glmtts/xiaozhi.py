@@ -14,7 +14,8 @@ Where the work happens, and why:
 * :class:`XiaozhiFrameSerializer` is the wire format only: binary protocol versions 1/2/3, device Opus
   decoded to the pipeline's input rate, device JSON turned into ``XiaozhiMessageFrame``s, and
   whatever :class:`XiaozhiSpeaker` sends turned into text or binary frames. Malformed input is logged
-  and ignored (oversized frames close the connection with 1009).
+  and ignored (oversized frames close the connection with 1009, more than 100 malformed messages with
+  1008).
 * :class:`XiaozhiTurns` (right after the transport input) turns ``listen``/``abort`` into Pipecat's
   frames: ``manual`` turns start and end with ``listen start``/``stop``; in ``auto``/``realtime`` its VAD
   decides; ``abort`` broadcasts an interruption at once.
@@ -99,7 +100,9 @@ MAX_TEXT_BYTES = 64 * 1024
 MAX_BINARY_BYTES = 8 * 1024  # an Opus packet of 120 ms at 510 kbit/s is 7.7 kB
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+MAX_MALFORMED = 100  # a device that sends more malformed messages than this is disconnected
 _LISTEN_MODES = ("manual", "auto", "realtime")
 _V2 = struct.Struct(">HHIII")  # version, type (0 opus, 1 json), reserved, timestamp_ms, payload_size
 _V3 = struct.Struct(">BBH")  # type, reserved, payload_size
@@ -350,10 +353,15 @@ class XiaozhiFrameSerializer(FrameSerializer):
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if isinstance(data, bytes | bytearray):
-            return await self._binary(bytes(data))
-        if len(data) > MAX_TEXT_BYTES:
-            return await self._too_big(len(data))
-        return self._text(data)
+            frame = await self._binary(bytes(data))
+        elif len(data) > MAX_TEXT_BYTES:
+            frame = await self._too_big(len(data))
+        else:
+            frame = self._text(data)
+        if self.session.malformed > MAX_MALFORMED:
+            logger.warning(f"xiaozhi: device {self.session.device_id!r}: too much malformed input; closing")
+            await _close(self.session.websocket, CLOSE_POLICY)
+        return frame
 
     async def _binary(self, data: bytes) -> Frame | None:
         if len(data) > MAX_BINARY_BYTES:
