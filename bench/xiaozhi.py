@@ -340,7 +340,8 @@ async def main() -> None:
         print(
             f"| {names[name]} | {med('first_packet_ms'):.0f} ms | {med('abort_to_last_packet_ms'):.0f} ms"
             f" | {med('abort_to_stop_ms'):.1f} ms | {med('stale_ms'):.0f} ms (max {worst:.0f})"
-            f" | {med('request_after_abort_ms'):.0f} ms | {med('longest_gap_ms'):.0f} ms"
+            f" | {med('request_after_abort_ms'):.0f} ms"
+            f" | {med('longest_gap_ms'):.0f} ms (max {max(t.longest_gap_ms for t in turns):.0f})"
             f" | {cpu[name]:.2f} ms |"
         )
     o, r = results["ours"], results["reference"]
