@@ -147,3 +147,16 @@ class _Fixed:
     async def stream(self, text: str, **_: object):  # type: ignore[no-untyped-def]
         for i in range(0, len(self._pcm), 1234):
             yield self._pcm[i : i + 1234]
+
+
+def test_without_pyav_the_error_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    for make in (lambda: OpusEncoder(16000, 20), lambda: OpusDecoder(16000)):
+        with pytest.raises(ImportError) as err:
+            make()
+        assert "glmtts-plugins[opus]" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ImportError, match=r"glmtts-plugins\[opus\]"):
+        Synthesizer(ToneEngine(), encoding="opus", frame_ms=20)  # at construction, before any request
+    Synthesizer(ToneEngine(), encoding="mulaw", sample_rate=8000)  # everything else works without it
