@@ -2,11 +2,13 @@
 
 Run: ``.venv/bin/python -m bench.xiaozhi [--turns 12]``. One fake device (real 16 kHz Opus speech in
 60 ms packets, real time; it models the firmware's playback: packets play back to back from their
-arrival) talks to two servers in one run, turns interleaved, both speaking the same scripted replies
+arrival) talks to three servers in one run, turns interleaved, both speaking the same scripted replies
 through the same local GLM-TTS stand-in (offline engine, 300 ms first byte, real-time factor 0.5):
 
 * ours: ``examples/xiaozhi_speaker`` (Pipecat, ``GLMHttpTTSService`` streaming each sentence, Opus per
   60 ms frame as audio arrives, the core's ``pace`` with a 300 ms pre-buffer, abort = interruption);
+* ours on the core alone: the README's custom-bridge snippet (``Synthesizer(encoding="opus")`` + ``pace``,
+  barge-in = cancelling the task) in a bare Starlette endpoint;
 * xiaozhi-esp32-server's way (``core/handle`` + its TTS providers, re-created here without Pipecat):
   the first piece cut at the first ，、,。？?！!；;：, each piece synthesized whole, then encoded to 60 ms
   Opus (24 kbps, complexity 10) and sent 5 packets at once, then one per 60 ms on absolute monotonic
@@ -38,7 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 
 from examples.xiaozhi_speaker.bot import BotConfig, create_app
-from glmtts_plugins import CloudEngine, OfflineEngine
+from glmtts_plugins import CloudEngine, OfflineEngine, Synthesizer, pace
 from glmtts_plugins.audio import OpusEncoder, StreamResampler
 from glmtts_plugins.server import LocalServer, ThreadedServer
 
@@ -173,6 +175,66 @@ def reference_app(base_url: str) -> Starlette:
     return Starlette(routes=[WebSocketRoute("/xiaozhi/v1/", endpoint)])
 
 
+# -- a custom bridge on the core alone (the README's snippet) -----------------------------------------
+
+
+def core_app(base_url: str) -> Starlette:
+    """The README's custom-bridge snippet as a server: ``Synthesizer(encoding="opus")`` + ``pace``."""
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        async with CloudEngine(api_key=TOKEN, base_url=base_url) as engine:
+            synth = Synthesizer(engine, sample_rate=RATE, encoding="opus", frame_ms=FRAME_MS)
+
+            async def speak(llm_tokens: list[str]) -> None:  # the snippet, with Starlette's send names
+                await ws.send_text(json.dumps({"type": "tts", "state": "start"}))
+                sentence = -1
+                try:
+                    async with contextlib.aclosing(
+                        pace(synth.speak_stream(llm_tokens), prebuffer_ms=300)
+                    ) as frames:
+                        async for frame in frames:
+                            if frame.segment_index != sentence:
+                                sentence = frame.segment_index
+                                start = {"type": "tts", "state": "sentence_start", "text": frame.segment_text}
+                                await ws.send_text(json.dumps(start))
+                            await ws.send_bytes(frame.audio)
+                    await asyncio.sleep(0.3)
+                finally:
+                    await ws.send_text(json.dumps({"type": "tts", "state": "stop"}))
+
+            task: asyncio.Task[None] | None = None
+            replies = 0
+            try:
+                while True:
+                    message = await ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        return
+                    if message.get("text") is None:
+                        continue  # device audio: the scripted replies need no ASR
+                    msg = json.loads(message["text"])
+                    if msg.get("type") == "hello":
+                        params = {"format": "opus", "sample_rate": RATE, "channels": 1, "frame_duration": 60}
+                        hello = {"type": "hello", "transport": "websocket", "session_id": str(uuid.uuid4())}
+                        await ws.send_text(json.dumps({**hello, "audio_params": params}))
+                    elif msg.get("type") == "listen" and msg.get("state") == "stop":
+                        text = REPLIES[replies % len(REPLIES)]
+                        replies += 1
+                        tokens = [text[i : i + 6] for i in range(0, len(text), 6)]  # as an LLM streams it
+                        task = asyncio.create_task(speak(tokens))
+                    elif msg.get("type") == "abort" and task is not None:
+                        task.cancel()  # barge-in: the snippet's finally sends tts stop
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+            finally:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+    return Starlette(routes=[WebSocketRoute("/xiaozhi/v1/", endpoint)])
+
+
 # -- the fake device --------------------------------------------------------------------------------
 
 
@@ -290,16 +352,17 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=12)
     args = parser.parse_args()
     speech = await device_speech()
-    results: dict[str, list[Turn]] = {"ours": [], "reference": []}
+    results: dict[str, list[Turn]] = {"ours": [], "core": [], "reference": []}
     with LocalServer(OfflineEngine(), tokens=[TOKEN], faults=FAULTS) as tts_server:
         ours = create_app(BotConfig(script=REPLIES, tts_base_url=tts_server.base_url, tts_api_key=TOKEN))
         with (
             ThreadedServer(ours, lifespan="on") as a,
+            ThreadedServer(core_app(tts_server.base_url)) as c,
             ThreadedServer(reference_app(tts_server.base_url)) as b,
         ):
             devices = {}
             async with contextlib.AsyncExitStack() as stack:
-                for name, port in (("ours", a.port), ("reference", b.port)):
+                for name, port in (("ours", a.port), ("core", c.port), ("reference", b.port)):
                     ws = await stack.enter_async_context(
                         connect(
                             f"ws://127.0.0.1:{port}/xiaozhi/v1/", additional_headers={"Protocol-Version": "1"}
@@ -317,10 +380,12 @@ async def main() -> None:
                         results[name].append(await run_turn(device, speech, tts_server))
     cpu = {
         "ours": await encode_cpu_ms_per_s(),
+        "core": await encode_cpu_ms_per_s(),
         "reference": await encode_cpu_ms_per_s(bitrate=24000, complexity=10),
     }
     names = {
         "ours": "ours (examples/xiaozhi_speaker: streaming TTS, pace 300 ms)",
+        "core": "ours, core only (the README's custom-bridge snippet)",
         "reference": "xiaozhi-esp32-server way (whole sentence, 5 at once + 1/60 ms)",
     }
     print(f"xiaozhi device, {args.turns} turns per server, TTS stand-in {FAULTS}, abort {ABORT_AFTER_S} s in")
