@@ -26,6 +26,7 @@ bench: $(VENV)/.stamp-test  # every benchmark; each also runs alone with `.venv/
 	$(BIN)/python -m bench.livekit_tts
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.soak --minutes 3 --faults
+	$(BIN)/python -m bench.xiaozhi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
