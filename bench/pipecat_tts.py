@@ -1,8 +1,9 @@
 """GLMHttpTTSService against a service written the way Pipecat's built-in HTTP TTS services are.
 
-Run: ``.venv/bin/python -m bench.pipecat_tts``. Both services get the same ``CloudEngine`` against the same
-local server (tone engine, 20 ms events paced at real-time factor 0.5) and run in Pipecat's own
-``run_test`` harness, interleaved, in one run:
+Run: ``.venv/bin/python -m bench.pipecat_tts`` (``--part utterances|streamed|failover``, default all).
+
+**utterances**: both services get the same ``CloudEngine`` against the same local server (tone engine,
+20 ms events paced at real-time factor 0.5) and run in Pipecat's own ``run_test`` harness, interleaved:
 
 * ``GLMHttpTTSService`` (this project): the core's per-utterance low-delay resampler, flushed at the end.
 * "Pipecat-style": ``run_tts`` passes the engine's 24 kHz chunks to Pipecat's
@@ -13,29 +14,57 @@ Measured: time from the server writing the first audio event to the first ``TTSA
 service, at 8 kHz; audio lost at the end of each utterance at 8 and 16 kHz (samples expected from the
 engine's PCM minus samples received); and interruption latency, from the ``InterruptionFrame`` reaching
 the service to the server seeing the client disconnect.
+
+**streamed**: corpus replies as LLM tokens of 1-4 characters every 30 ms into ``run_test``, the offline
+engine behind a local server in its own process (300 ms first byte, real-time factor 0.5 and 0.9), the
+audio played by a simulated real-time listener. Ways: the new default (one streamed core utterance per
+turn, one piece prefetched), ``text_aggregation_mode=SENTENCE`` (Pipecat's sentences, one request each, in
+turn), and the Pipecat-style service (Pipecat's default sentence aggregation). Time to first audio counts
+from the first token; silence is the sum of playback gaps after the first frame.
+
+**failover**: Pipecat's ``ServiceSwitcher`` with ``ServiceSwitcherStrategyFailover`` over a dead primary
+(connection refused on loopback) and a live backup, one ``TTSSpeakFrame`` every 2 s: time from the first
+sentence to the switch and to the backup's first audio, and sentences lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import socket
 import statistics
 import time
 from collections.abc import AsyncGenerator
+from pathlib import Path
 
 import numpy as np
-from pipecat.frames.frames import Frame, InterruptionFrame, TTSAudioRawFrame, TTSSpeakFrame
+from pipecat.frames.frames import (
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.services.tts_service import TTSService
+from pipecat.services.tts_service import TextAggregationMode, TTSService
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat_glmtts import GLMHttpTTSService
 
 from glmtts_plugins import CloudEngine, RetryPolicy
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
+
+from ._playback import Listener
+from ._server import server_process
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
 
 TOKEN = "bench-token"
 TEXTS = [
@@ -83,10 +112,151 @@ def expected_samples(tone: ToneEngine, text: str, rate: int) -> int:
     return round(len(tone.pcm(text)) // 2 * rate / 24000)
 
 
+class Ear(FrameProcessor):
+    """After the TTS: plays its audio in real time (``Listener``); before it: notes the first token."""
+
+    def __init__(self, listener: Listener | None = None) -> None:
+        super().__init__()
+        self.listener = listener
+        self.first_token: float | None = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMTextFrame) and self.first_token is None:
+            self.first_token = time.monotonic()
+        elif isinstance(frame, TTSAudioRawFrame) and self.listener is not None:
+            self.listener.hear(1000 * len(frame.audio) / 2 / frame.sample_rate)
+        await self.push_frame(frame, direction)
+
+
+def reply_frames(text: str, rng: random.Random, token_ms: float) -> list[Frame]:
+    frames: list[Frame] = [LLMFullResponseStartFrame()]
+    i = 0
+    while i < len(text):
+        n = rng.randint(1, 4)
+        frames += [LLMTextFrame(text[i : i + n]), SleepFrame(token_ms / 1000)]
+        i += n
+    return [*frames, LLMFullResponseEndFrame()]
+
+
+async def streamed(replies: int, token_ms: float) -> None:
+    texts = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    texts = random.Random(7).sample(texts, min(replies, len(texts)))
+    names = ("new default (one streamed utterance per turn)", "SENTENCE mode", "Pipecat-style built-in")
+    for rtf in (0.5, 0.9):
+        faults = f"first_byte_ms=300;rtf={rtf}"
+        ttfa: dict[str, list[float]] = {n: [] for n in names}
+        silence: dict[str, list[float]] = {n: [] for n in names}
+        with server_process(faults, engine="offline") as base_url:
+            async with CloudEngine(
+                api_key=TOKEN, base_url=base_url, retry=RetryPolicy(max_retries=0)
+            ) as engine:
+                await engine.prewarm()
+                for i, text in enumerate(texts):
+                    for name in names:
+                        if name == names[0]:
+                            tts: TTSService = GLMHttpTTSService(engine=engine)
+                        elif name == names[1]:
+                            tts = GLMHttpTTSService(
+                                engine=engine, text_aggregation_mode=TextAggregationMode.SENTENCE
+                            )
+                        else:
+                            tts = PipecatStyleTTS(engine)
+                        ear = Listener(0.0)
+                        before, after = Ear(), Ear(ear)
+                        await run_test(
+                            Pipeline([before, tts, after]),
+                            frames_to_send=reply_frames(text, random.Random(i), token_ms),
+                            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+                        )
+                        assert before.first_token is not None
+                        ear.t0 = before.first_token  # time to first audio counts from the first token
+                        first, gaps = ear.result()
+                        ttfa[name].append(first)
+                        silence[name].append(gaps)
+        print(f"\n{len(texts)} replies, tokens of 1-4 characters every {token_ms:.0f} ms, server {faults}\n")
+        print(
+            "| way | time to first audio: median | p90 | silence between pieces per reply: median | p90 "
+            "| mean | replies with any silence |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name in names:
+            t, x = ttfa[name], silence[name]
+            print(
+                f"| {name} | {statistics.median(t):.0f} ms | {np.percentile(t, 90):.0f} ms "
+                f"| {statistics.median(x):.0f} ms | {np.percentile(x, 90):.0f} ms "
+                f"| {statistics.mean(x):.0f} ms "
+                f"| {sum(v > 20 for v in x)}/{len(x)} |"
+            )
+
+
+async def failover(runs: int) -> None:
+    every_s, n = 2.0, 4
+    switch: list[float] = []
+    first_audio: list[float] = []
+    lost: list[int] = []
+    with LocalServer(ToneEngine(), tokens=[TOKEN]) as srv:
+        for _ in range(runs):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                dead = s.getsockname()[1]
+            primary = GLMHttpTTSService(api_key=TOKEN, base_url=f"http://127.0.0.1:{dead}/api/paas/v4")
+            backup = GLMHttpTTSService(api_key=TOKEN, base_url=srv.base_url)
+            switcher = ServiceSwitcher(
+                services=[primary, backup], strategy_type=ServiceSwitcherStrategyFailover
+            )
+            switched: list[float] = []
+
+            @switcher.strategy.event_handler("on_service_switched")
+            async def on_switched(
+                _strategy: object, _service: object, switched: list[float] = switched
+            ) -> None:
+                switched.append(time.monotonic())
+
+            before = len(srv.records)
+            frames: list[Frame] = []
+            for i in range(n):
+                frames += [TTSSpeakFrame(f"这是第{i}句话。"), SleepFrame(every_s)]
+            t0 = time.monotonic()
+            await run_test(
+                switcher, frames_to_send=frames, pipeline_params=PipelineParams(audio_out_sample_rate=16000)
+            )
+            recs = [r for r in srv.records[before:] if r.outcome == "completed"]
+            switch.append(switched[0] - t0)
+            first_audio.append(recs[0].first_audio_at - t0)  # type: ignore[operator]
+            lost.append(n - len(recs))
+    print(
+        f"\nServiceSwitcher failover, dead primary (connection refused), "
+        f"one sentence every {every_s:.0f} s, {runs} runs\n"
+    )
+    print(
+        "| switch after the first sentence: median | max | backup's first audio: median | max "
+        "| sentences lost: max |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    print(
+        f"| {statistics.median(switch):.2f} s | {max(switch):.2f} s | {statistics.median(first_audio):.2f} s "
+        f"| {max(first_audio):.2f} s | {max(lost)} of {n} |"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", "utterances", "streamed", "failover"), default="all")
     parser.add_argument("--runs", type=int, default=40, help="utterances (and interruptions) per service")
+    parser.add_argument("--replies", type=int, default=12, help="corpus replies for the streamed table")
+    parser.add_argument("--token-ms", type=float, default=30.0, help="pause between LLM tokens")
+    parser.add_argument("--failover-runs", type=int, default=3)
     args = parser.parse_args()
+    if args.part in ("all", "utterances"):
+        await utterances(args.runs)
+    if args.part in ("all", "streamed"):
+        await streamed(args.replies, args.token_ms)
+    if args.part in ("all", "failover"):
+        await failover(args.failover_runs)
+
+
+async def utterances(runs: int) -> None:
     tone = ToneEngine(chunk_bytes=960)
     rng = random.Random(1)
     names = ("GLMHttpTTSService (ours)", "Pipecat-style (_stream_audio_frames_from_iterator)")
@@ -104,7 +274,7 @@ async def main() -> None:
                     return GLMHttpTTSService(engine=engine)
                 return PipecatStyleTTS(engine)
 
-            for i in range(args.runs):
+            for i in range(runs):
                 text = TEXTS[i % len(TEXTS)]
                 for rate in (8000, 16000):
                     for name in names:
@@ -137,7 +307,7 @@ async def main() -> None:
                     rec = srv.records[before]
                     if rec.outcome == "disconnected" and stamp.interrupted and rec.ended:
                         interrupt[name].append(1000 * (rec.ended - stamp.interrupted))
-    print(f"{args.runs} utterances per service and rate, local server rtf=0.5, 20 ms events\n")
+    print(f"{runs} utterances per service and rate, local server rtf=0.5, 20 ms events\n")
     print(
         "| service | first audio event -> first frame at 8 kHz: median | p90 "
         "| audio lost per utterance at 8 kHz | at 16 kHz "

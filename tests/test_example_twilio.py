@@ -14,10 +14,22 @@ pytest.importorskip("fastapi")
 pytest.importorskip("pipecat")
 websockets = pytest.importorskip("websockets.asyncio.client")
 
-from examples.pipecat_twilio.bot import BotConfig, create_app  # noqa: E402
+from pipecat.frames.frames import LLMTextFrame  # noqa: E402
+
+from examples.pipecat_twilio.bot import (  # noqa: E402
+    GREETING,
+    BotConfig,
+    build_tts,
+    create_app,
+    greeting_frames,
+    new_context,
+    streamed_reply,
+)
 from glmtts_plugins import OfflineEngine  # noqa: E402
 from glmtts_plugins.audio import StreamResampler, lin2ulaw, ulaw2lin  # noqa: E402
-from glmtts_plugins.server import ThreadedServer  # noqa: E402
+from glmtts_plugins.server import LocalServer, ThreadedServer  # noqa: E402
+from glmtts_plugins.testing import ToneEngine  # noqa: E402
+from glmtts_plugins.text import Segmenter  # noqa: E402
 
 STREAM_SID = "MZ00000000000000000000000000000001"
 PACKET = 160  # 20 ms of 8 kHz μ-law, what Twilio sends
@@ -51,9 +63,13 @@ def media(payload: bytes, seq: int) -> str:
     )
 
 
-async def test_twilio_call_greets_stops_on_barge_in_and_answers() -> None:
-    speech = await caller_speech("你好，我想查一下我这个月的信用卡账单。")
-    app = create_app(BotConfig())  # scripted flow, offline engine behind the local server
+async def fake_call(
+    app: object, listen_ms: float, speech: bytes
+) -> tuple[list[tuple[float, dict]], float, float]:
+    """A fake Twilio call: listen to ``listen_ms`` of the bot, talk over it, then 3 s of silence.
+
+    Returns the events received (with their arrival times) and when the caller's speech started and ended.
+    """
     events: list[tuple[float, dict]] = []
     with ThreadedServer(app, lifespan="on") as srv:
         async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws") as ws:
@@ -96,12 +112,11 @@ async def test_twilio_call_greets_stops_on_barge_in_and_answers() -> None:
                     / 8
                 )
 
-            # the caller listens to the greeting for 1.5 s of received audio
+            # the caller listens to the greeting for listen_ms of received audio
             deadline = time.monotonic() + 20
-            while outbound_ms() < 1500:
+            while outbound_ms() < listen_ms:
                 assert time.monotonic() < deadline, "no greeting"
                 await send(SILENCE)
-            greeting_ms = outbound_ms()
             # then talks over the bot
             speech_started = time.monotonic()
             for i in range(0, len(speech) - PACKET + 1, PACKET):
@@ -112,6 +127,21 @@ async def test_twilio_call_greets_stops_on_barge_in_and_answers() -> None:
             await ws.close()
             await reader
 
+    return events, speech_started, speech_ended
+
+
+async def test_twilio_call_greets_stops_on_barge_in_and_answers() -> None:
+    speech = await caller_speech("你好，我想查一下我这个月的信用卡账单。")
+    app = create_app(BotConfig())  # scripted flow, offline engine behind the local server
+    events, speech_started, speech_ended = await fake_call(app, 1500, speech)
+    greeting_ms = (
+        sum(
+            len(base64.b64decode(e["media"]["payload"]))
+            for t, e in events
+            if e["event"] == "media" and t < speech_started
+        )
+        / 8
+    )
     kinds = [e["event"] for _, e in events]
     assert "clear" in kinds
     t_clear = next(t for t, e in events if e["event"] == "clear")
@@ -135,3 +165,60 @@ async def test_twilio_call_greets_stops_on_barge_in_and_answers() -> None:
     # the scripted answer came after the caller's turn: at least a second of it
     answer = [e for t, e in events if e["event"] == "media" and t > speech_ended]
     assert sum(len(base64.b64decode(e["media"]["payload"])) for e in answer) >= 8000
+
+
+async def piece_ms(text: str) -> float:
+    """How long the offline engine speaks ``text``."""
+    samples = 0
+    async with OfflineEngine() as engine:
+        async for chunk in engine.stream(text):
+            samples += len(chunk) // 2
+    return 1000 * samples / engine.sample_rate
+
+
+async def test_after_barge_in_mid_reply_the_context_holds_only_the_pieces_played() -> None:
+    """Through the real output transport (Twilio serializer over a WebSocket): the streamed greeting is
+    cut into the core segmenter's pieces; the caller talks over it during its second piece."""
+    segmenter = Segmenter()
+    tokens = [f.text for f in streamed_reply(GREETING) if isinstance(f, LLMTextFrame)]
+    pieces = [p for t in tokens for p in segmenter.push(t)] + segmenter.flush()
+    assert len(pieces) >= 2
+    first_ms = await piece_ms(pieces[0])
+    speech = await caller_speech("等一下，我想挂失。")
+    app = create_app(BotConfig())
+    events, _, _ = await fake_call(app, first_ms + 1000, speech)
+    t_clear = next(t for t, e in events if e["event"] == "clear")
+    played_ms = (
+        sum(
+            len(base64.b64decode(e["media"]["payload"]))
+            for t, e in events
+            if e["event"] == "media" and t < t_clear
+        )
+        / 8
+    )
+    messages = app.state.contexts[0].get_messages()
+    said = messages[0]
+    assert said["role"] == "assistant"
+    # whole pieces, those whose audio went out before the clear, and not the rest of the reply
+    heard = [k for k in range(1, len(pieces)) if said["content"] == "".join(pieces[:k])]
+    assert heard, (said["content"], pieces)
+    k = heard[0]
+    assert sum([await piece_ms(p) for p in pieces[:k]]) <= played_ms + 40
+    assert played_ms < sum([await piece_ms(p) for p in pieces[: k + 1]])
+    assert said["content"] != GREETING and "，" in said["content"]  # punctuation kept, nothing inserted
+
+
+async def test_the_real_mode_greeting_enters_the_context_once() -> None:
+    """Real mode greets with a TTSSpeakFrame into an empty context (it used to be seeded there too)."""
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
+    from pipecat.tests.utils import run_test
+
+    with LocalServer(ToneEngine(), tokens=["k" * 16]) as srv:
+        config = BotConfig(zai_api_key="not-used", tts_base_url=srv.base_url, tts_api_key="k" * 16)
+        context = new_context()
+        await run_test(
+            Pipeline([build_tts(config, None, None), LLMAssistantAggregator(context)]),
+            frames_to_send=greeting_frames(config),
+        )
+    assert context.get_messages() == [{"role": "assistant", "content": GREETING}]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
 import pytest
 
@@ -210,3 +212,165 @@ async def test_random_interruptions_stop_the_utterance_and_the_request() -> None
             after = audio(down[cut:])
             assert sum(len(f.audio) for f in after) // 2 == expected_samples(tone, "好的。", rate), run
             assert await srv.wait_for(lambda b=before: srv.records[b].outcome == "disconnected", 2), run
+
+
+# -- issue 10: defects found as a Pipecat user ---------------------------------------------------------
+
+
+async def test_a_failure_before_audio_ends_its_audio_context_at_once() -> None:
+    """No stop_frame_timeout_s (12 s here) wait after an ErrorFrame: the next text is spoken at once."""
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY], faults="status=400;code=1301;when_input=拒绝") as srv:
+        t0 = time.monotonic()
+        down, up = await run_test(
+            service(srv),
+            frames_to_send=[TTSSpeakFrame("请拒绝这句。"), TTSSpeakFrame(TEXT)],
+            pipeline_params=params(8000),
+        )
+        elapsed = time.monotonic() - t0
+    errors = [f for f in up if isinstance(f, ErrorFrame) and "GLM-TTS" in f.error]
+    assert errors and errors[0].category is ErrorCategory.UNKNOWN  # a blocked text is not permanent
+    assert elapsed < 4.0, elapsed
+    stops = [f for f in down if isinstance(f, TTSStoppedFrame)]
+    assert len(stops) == 2
+    assert sum(len(f.audio) for f in audio(down)) // 2 == expected_samples(tone, TEXT, 8000)
+
+
+async def stalled_listener() -> tuple[asyncio.Server, str]:
+    """Accepts TCP connections and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/api/paas/v4"
+
+
+async def test_prewarm_never_delays_the_start() -> None:
+    server, url = await stalled_listener()
+    async with server:
+        tts = GLMHttpTTSService(api_key=API_KEY, base_url=url)
+        t0 = time.monotonic()
+        await run_test(tts, frames_to_send=[], pipeline_params=params(8000))
+        elapsed = time.monotonic() - t0
+    assert elapsed < 2.0, elapsed  # the prewarm's HEAD never gets an answer; it runs in the background
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "field", "sent"),
+    [
+        ("voice", "xiaochen", "voice", "xiaochen"),
+        ("voice_id", "xiaochen", "voice", "xiaochen"),
+        ("speed", 1.5, "speed", 1.5),
+        ("model", "glm-tts", "model", "glm-tts"),
+    ],
+)
+async def test_constructor_keywords_of_other_services_work_with_a_deprecation_warning(
+    keyword: str, value: object, field: str, sent: object
+) -> None:
+    from pipecat.utils import deprecation
+
+    deprecation._warned_sites.clear()
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        with pytest.warns(DeprecationWarning, match=keyword):
+            tts = service(srv, **{keyword: value})
+        await run_test(tts, frames_to_send=[TTSSpeakFrame("您好。")], pipeline_params=params(8000))
+        body = srv.records[0].body
+    assert body[field] == sent
+
+
+async def test_every_core_rate_works_and_others_are_refused_with_an_error_frame() -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        down, up = await run_test(
+            service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(22050)
+        )
+        assert {f.sample_rate for f in audio(down)} == {22050}
+        assert sum(len(f.audio) for f in audio(down)) // 2 == expected_samples(tone, TEXT, 22050)
+        before = len(srv.records)
+        tts = service(srv)
+        down, up = await run_test(tts, frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(11025))
+        assert len(srv.records) == before  # nothing requested at a rate it cannot produce
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors and "sample_rate" in errors[0].error and errors[0].category is ErrorCategory.INVALID_REQUEST
+    assert not audio(down) and not tts.is_usable
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "good"), [("voice", "no-such-voice", "tongtong"), ("model", "glm-x", "glm-tts")]
+)
+async def test_an_unknown_runtime_voice_or_model_is_reverted_and_the_service_lives(
+    field: str, bad: str, good: str
+) -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        tts = service(srv)
+        _, up = await run_test(
+            tts,
+            frames_to_send=[
+                TTSSpeakFrame("第一句。"),
+                TTSUpdateSettingsFrame(delta=GLMHttpTTSService.Settings(**{field: bad})),
+                TTSSpeakFrame("第二句。"),
+                TTSSpeakFrame("第三句。"),
+            ],
+            pipeline_params=params(8000),
+        )
+        sent = [(r.body["input"], r.body[field], r.status) for r in srv.records]
+    assert sent == [("第一句。", good, 200), ("第二句。", bad, 400), ("第三句。", good, 200)]
+    errors = [f for f in up if isinstance(f, ErrorFrame) and "GLM-TTS" in f.error]
+    assert len(errors) == 1 and field in errors[0].error and bad in errors[0].error
+    assert errors[0].category is ErrorCategory.APPLICATION and tts.is_usable
+
+
+async def test_reuse_after_end_frame_is_a_typed_error() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        tts = service(srv)
+        await run_test(tts, frames_to_send=[TTSSpeakFrame("您好。")], pipeline_params=params(8000))
+        down, up = await run_test(tts, frames_to_send=[TTSSpeakFrame("您好。")], pipeline_params=params(8000))
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors and "stopped" in errors[0].error and errors[0].category is ErrorCategory.APPLICATION
+    assert not audio(down)
+
+
+async def test_a_lone_surrogate_is_a_typed_error_and_the_next_text_is_spoken() -> None:
+    tone = ToneEngine()
+    with LocalServer(tone, tokens=[API_KEY]) as srv:
+        tts = service(srv)
+        down, up = await run_test(
+            tts,
+            frames_to_send=[TTSSpeakFrame("你好\ud800世界。"), TTSSpeakFrame(TEXT)],
+            pipeline_params=params(8000),
+        )
+        inputs = [r.body["input"] for r in srv.records]
+    errors = [f for f in up if isinstance(f, ErrorFrame) and "GLM-TTS" in f.error]
+    assert errors and "surrogate" in errors[0].error and "text" in errors[0].error
+    assert errors[0].category is ErrorCategory.APPLICATION and tts.is_usable
+    assert inputs == [TEXT]
+    assert sum(len(f.audio) for f in audio(down)) // 2 == expected_samples(tone, TEXT, 8000)
+
+
+def test_token_mode_is_refused_clearly() -> None:
+    from pipecat.services.tts_service import TextAggregationMode
+
+    with pytest.raises(ValueError, match="text_aggregation_mode"):
+        GLMHttpTTSService(api_key=API_KEY, text_aggregation_mode=TextAggregationMode.TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"request_timeout": 0}, "request_timeout"),
+        ({"unusable_after_s": -1}, "unusable_after_s"),
+        ({"sample_rate": 11025}, "sample_rate"),
+        ({"prefetch": "x"}, "prefetch"),
+        ({"settings": GLMHttpTTSService.Settings(speed=5.0)}, "speed"),
+        ({"settings": GLMHttpTTSService.Settings(model="")}, "model"),
+    ],
+)
+def test_constructor_mistakes_are_value_errors_naming_the_field(kw: dict, field: str) -> None:
+    from glmtts_plugins import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=field) as info:
+        GLMHttpTTSService(api_key=API_KEY, **kw)
+    assert isinstance(info.value, ValueError) and info.value.field == field

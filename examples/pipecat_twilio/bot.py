@@ -6,8 +6,11 @@ Run: ``python -m examples.pipecat_twilio.bot`` (see this folder's README for the
   caller, a GLM chat model answers through Pipecat's OpenAI-compatible LLM service pointed at Zhipu's
   endpoint, and GLM-TTS speaks.
 * With no keys and no network it still runs end to end: a scripted call-center flow (a greeting, then one
-  scripted answer after each caller turn that Silero VAD detects) spoken by the offline engine through the
-  local server, over the exact cloud protocol.
+  scripted answer after each caller turn that Silero VAD detects), each streamed as an LLM would stream it,
+  spoken by the offline engine through the local server, over the exact cloud protocol.
+
+Each reply is one streamed GLM-TTS utterance: its first request leaves at the first clause, the next piece is
+requested while one plays, and the assistant context keeps only the pieces the caller actually heard.
 
 Either way the caller can talk over the bot: VAD hears speech, the pipeline is interrupted, the TTS request
 is closed and Twilio gets a ``clear`` event so it drops the audio it has buffered.
@@ -27,12 +30,17 @@ from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     Frame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
     TTSSpeakFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.runner.utils import parse_telephony_websocket
@@ -89,8 +97,28 @@ class BotConfig:
         return bool(self.zai_api_key)
 
 
+def streamed_reply(text: str, token_chars: int = 3) -> list[Frame]:
+    """``text`` as an LLM streams it: a response start, tokens of a few characters, a response end."""
+    tokens = [LLMTextFrame(text[i : i + token_chars]) for i in range(0, len(text), token_chars)]
+    return [LLMFullResponseStartFrame(), *tokens, LLMFullResponseEndFrame()]
+
+
+def new_context() -> LLMContext:
+    """The call's conversation: empty; the greeting enters it once, as heard (``greeting_frames``)."""
+    return LLMContext()
+
+
+def greeting_frames(config: BotConfig) -> list[Frame]:
+    """The greeting: spoken by the TTS and added to the context by the assistant aggregator once played
+    (seeding the context with it as well would put it there twice)."""
+    if config.real:
+        return [TTSSpeakFrame(config.greeting)]
+    return streamed_reply(config.greeting)  # the scripted agent stands in for the LLM
+
+
 class ScriptedAgent(FrameProcessor):
-    """The keyless stand-in for STT + LLM: barge-in on caller speech, the next scripted answer after it."""
+    """The keyless stand-in for STT + LLM: barge-in on caller speech, the next scripted answer after it,
+    streamed as tokens like an LLM reply."""
 
     def __init__(self, answers: tuple[str, ...], **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -106,7 +134,8 @@ class ScriptedAgent(FrameProcessor):
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             answer = next(self._answers, None)
             if answer is not None:
-                await self.push_frame(TTSSpeakFrame(answer))
+                for reply_frame in streamed_reply(answer):
+                    await self.push_frame(reply_frame)
 
 
 def build_tts(config: BotConfig, local_url: str | None, local_token: str | None) -> GLMHttpTTSService:
@@ -119,14 +148,14 @@ def build_tts(config: BotConfig, local_url: str | None, local_token: str | None)
 
 
 def build_processors(
-    config: BotConfig, tts: GLMHttpTTSService
+    config: BotConfig, context: LLMContext
 ) -> tuple[list[FrameProcessor], list[FrameProcessor]]:
     """(processors between transport input and TTS, processors after transport output)."""
     vad = SileroVADAnalyzer(sample_rate=PHONE_RATE, params=config.vad)
     if not config.real:
-        return [VADProcessor(vad_analyzer=vad), ScriptedAgent(config.script)], []
+        agent = ScriptedAgent(config.script)
+        return [VADProcessor(vad_analyzer=vad), agent], [LLMAssistantAggregator(context)]
     # Real mode: imports only needed with keys (Deepgram needs `pip install "pipecat-ai[deepgram]"`).
-    from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_response_universal import (
         LLMContextAggregatorPair,
         LLMUserAggregatorParams,
@@ -143,13 +172,16 @@ def build_processors(
         base_url=config.llm_base_url,
         settings=OpenAILLMService.Settings(model=config.llm_model, system_instruction=SYSTEM_PROMPT),
     )
-    context = LLMContext(messages=[{"role": "assistant", "content": config.greeting}])
     user, assistant = LLMContextAggregatorPair(context, user_params=LLMUserAggregatorParams(vad_analyzer=vad))
     return [stt, user, llm], [assistant]
 
 
 async def run_call(
-    websocket: WebSocket, config: BotConfig, local_url: str | None, local_token: str | None
+    websocket: WebSocket,
+    config: BotConfig,
+    local_url: str | None,
+    local_token: str | None,
+    context: LLMContext | None = None,
 ) -> None:
     """One phone call, from Twilio's ``start`` message to hang-up."""
     _, call = await parse_telephony_websocket(websocket)  # reads Twilio's `connected` and `start`
@@ -171,7 +203,7 @@ async def run_call(
         ),
     )
     tts = build_tts(config, local_url, local_token)
-    before, after = build_processors(config, tts)
+    before, after = build_processors(config, context if context is not None else new_context())
     pipeline = Pipeline([transport.input(), *before, tts, transport.output(), *after])
     worker = PipelineWorker(
         pipeline,
@@ -180,7 +212,7 @@ async def run_call(
 
     @transport.event_handler("on_client_connected")
     async def greet(_transport: object, _ws: object) -> None:
-        await worker.queue_frames([TTSSpeakFrame(config.greeting)])
+        await worker.queue_frames(greeting_frames(config))
 
     @transport.event_handler("on_client_disconnected")
     async def hang_up(_transport: object, _ws: object) -> None:
@@ -195,10 +227,12 @@ def create_app(config: BotConfig | None = None, *, public_host: str | None = Non
     """The web app: ``POST /twiml`` for Twilio's voice webhook, ``/ws`` for the media stream.
 
     In scripted mode (no ``ZAI_API_KEY``) and without ``tts_base_url``, a local GLM-TTS server on the
-    offline engine starts with the app and stops with it.
+    offline engine starts with the app and stops with it. ``app.state.contexts`` holds each call's
+    conversation (what the caller heard of the bot, and what the caller said).
     """
     config = config or BotConfig.from_env()
     local: dict[str, Any] = {}
+    contexts: list[LLMContext] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -215,6 +249,7 @@ def create_app(config: BotConfig | None = None, *, public_host: str | None = Non
                 local["server"].stop()
 
     app = FastAPI(lifespan=lifespan)
+    app.state.contexts = contexts
 
     @app.api_route("/twiml", methods=["GET", "POST"])
     async def twiml(request: Request) -> Response:
@@ -229,7 +264,9 @@ def create_app(config: BotConfig | None = None, *, public_host: str | None = Non
     async def media(websocket: WebSocket) -> None:
         await websocket.accept()
         server = local.get("server")
-        await run_call(websocket, config, server.base_url if server else None, local.get("token"))
+        context = new_context()
+        contexts.append(context)
+        await run_call(websocket, config, server.base_url if server else None, local.get("token"), context)
 
     return app
 
@@ -237,13 +274,13 @@ def create_app(config: BotConfig | None = None, *, public_host: str | None = Non
 def main() -> None:
     import argparse
 
-    import uvicorn
-
     parser = argparse.ArgumentParser(description="Twilio call-center bot on GLM-TTS")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--public-host", help="host name Twilio reaches (e.g. your ngrok domain)")
     args = parser.parse_args()
+    import uvicorn
+
     from glmtts_plugins.server import listening_socket
 
     # listening_socket: accepted connections get TCP_NODELAY, so 20 ms media messages are not batched
