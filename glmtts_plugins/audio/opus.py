@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequestError
-from .resampler import StreamResampler
+from .stream_resampler import StreamResampler
 
 __all__ = ["DEFAULT_BITRATES", "OPUS_FRAME_MS", "OPUS_RATES", "OpusDecoder", "OpusEncoder"]
 
