@@ -373,7 +373,7 @@ class XiaozhiFrameSerializer(FrameSerializer):
         if kind == 1:
             return self._text(payload.decode("utf-8", "replace"))
         if self._decoder is None or self._resampler is None:
-            await self.setup_default()
+            self._setup_default()
         try:
             pcm = self._decoder.decode(payload)  # type: ignore[union-attr]
         except ValueError as exc:
@@ -383,7 +383,7 @@ class XiaozhiFrameSerializer(FrameSerializer):
             return None
         return InputAudioRawFrame(audio=audio, sample_rate=self._in_rate, num_channels=1)
 
-    async def setup_default(self) -> None:
+    def _setup_default(self) -> None:
         """Decoder set-up when the transport did not call :meth:`setup` (16 kHz input)."""
         self._decoder = OpusDecoder(self.session.device_sample_rate)
         self._resampler = StreamResampler(self.session.device_sample_rate, self._in_rate)
