@@ -24,6 +24,9 @@ bench: $(VENV)/.stamp-test  # every benchmark; each also runs alone with `.venv/
 	$(BIN)/python -m bench.speech
 	$(BIN)/python -m bench.pipecat_tts
 	$(BIN)/python -m bench.livekit_tts
+	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.soak --minutes 3 --faults
+	$(BIN)/python -m bench.xiaozhi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

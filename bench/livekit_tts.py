@@ -13,6 +13,12 @@ played by a simulated real-time listener, interleaved in one run:
 
 Time to first audio counts from the first token; silence is the sum of playback gaps after the first
 frame.
+
+Then timeouts and failover as LiveKit defines them (``--failover-only`` runs just this part): a loopback
+endpoint that accepts TCP and never answers (plain HTTP, and behind an https URL: a TLS handshake that
+never completes) with LiveKit's own test settings (``timeout=2.5, max_retry=0``; ``timeout=0.5,
+max_retry=3, retry_interval=0``), and ``FallbackAdapter([glmtts.TTS(<stalled>), glmtts.TTS(<server>)])``
+with a 2 s caller timeout: the time until the secondary's first audio (median of ``--runs``).
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
+from livekit.agents import APIConnectOptions, APIError
 from livekit.agents import tts as lk_tts
 from livekit.plugins import glmtts
 
 from glmtts_plugins import CloudEngine, RetryPolicy
+from tests._livekit import StalledEndpoint
 
 from ._playback import Listener, llm
 from ._server import TOKEN, server_process
@@ -52,11 +60,106 @@ async def speak(stream: lk_tts.SynthesizeStream, tokens: AsyncIterator[str], ear
     await stream.aclose()
 
 
+FAILOVER_TEXT = "您好，这里是星河银行信用卡中心。请问有什么可以帮您？"
+
+
+async def run_once(tts: lk_tts.TTS, mode: str, conn: APIConnectOptions) -> tuple[float | None, float]:
+    """(seconds to the first audio or None, seconds until the request ended, by audio or error)."""
+    start = time.monotonic()
+    first = None
+    source = (
+        tts.synthesize(FAILOVER_TEXT, conn_options=conn)
+        if mode == "synthesize"
+        else tts.stream(conn_options=conn)
+    )
+    if mode == "stream":
+        source.push_text(FAILOVER_TEXT)
+        source.end_input()
+    try:
+        async with source:
+            async for _ in source:
+                first = first or time.monotonic() - start
+    except APIError:
+        pass
+    return first, time.monotonic() - start
+
+
+async def failover(runs: int) -> None:
+    timeouts = [
+        (
+            "stalled HTTP, `timeout=2.5, max_retry=0`",
+            "http",
+            APIConnectOptions(max_retry=0, timeout=2.5),
+            "1.5-3.5 s",
+        ),
+        (
+            "stalled HTTP, `timeout=0.5, max_retry=3, retry_interval=0`",
+            "http",
+            APIConnectOptions(max_retry=3, timeout=0.5, retry_interval=0.0),
+            "1-3 s",
+        ),
+        (
+            "TLS handshake never completes, `timeout=2.5, max_retry=0`",
+            "https",
+            APIConnectOptions(max_retry=0, timeout=2.5),
+            "1.5-3.5 s",
+        ),
+    ]
+    modes = ("synthesize", "stream")
+    print(
+        "\n| stalled endpoint, LiveKit's settings | synthesize(): error after | stream(): error after "
+        "| LiveKit's window |"
+    )
+    print("|---|---:|---:|---|")
+    async with StalledEndpoint() as stalled:
+        for label, scheme, conn, window in timeouts:
+            cells = []
+            for mode in modes:
+                took = []
+                for _ in range(runs):
+                    async with glmtts.TTS(api_key=TOKEN, base_url=stalled.url(scheme)) as tts:
+                        took.append((await run_once(tts, mode, conn))[1])
+                cells.append(f"{statistics.median(took):.1f} s")
+            print(f"| {label} | {cells[0]} | {cells[1]} | {window} |")
+        with server_process(FAULTS, engine="offline") as base_url:
+            print(
+                "\n| `FallbackAdapter([TTS(<stalled>), TTS(<server>)])`, caller `timeout=2` "
+                "| synthesize(): secondary's first audio | stream(): secondary's first audio |"
+            )
+            print("|---|---:|---:|")
+            for per_tts in (1, 2):
+                cells = []
+                for mode in modes:
+                    took = []
+                    for _ in range(runs):
+                        primary = glmtts.TTS(api_key=TOKEN, base_url=stalled.url("http"))
+                        secondary = glmtts.TTS(api_key=TOKEN, base_url=base_url)
+                        adapter = lk_tts.FallbackAdapter([primary, secondary], max_retry_per_tts=per_tts)
+                        first, _ = await run_once(adapter, mode, APIConnectOptions(max_retry=0, timeout=2.0))
+                        await adapter.aclose()
+                        await primary.aclose()
+                        await secondary.aclose()
+                        took.append(float("nan") if first is None else first)
+                    cells.append(f"{statistics.median(took):.1f} s")
+                print(
+                    f"| `max_retry_per_tts={per_tts}`, `retry_interval=2` (LiveKit's) "
+                    f"| {cells[0]} | {cells[1]} |"
+                )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replies", type=int, default=12, help="how many corpus replies (max 40)")
     parser.add_argument("--token-ms", type=float, default=30.0, help="pause between LLM tokens")
+    parser.add_argument("--runs", type=int, default=3, help="runs per timeout and failover case (median)")
+    parser.add_argument("--failover-only", action="store_true", help="only the timeout and failover part")
     args = parser.parse_args()
+    if not args.failover_only:
+        await streaming(args)
+    await failover(args.runs)
+
+
+async def streaming(args: argparse.Namespace) -> None:
     replies = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
     replies = random.Random(7).sample(replies, min(args.replies, len(replies)))
     names = ("glmtts.TTS().stream() (ours)", "StreamAdapter(blingfire) around the same engine")
@@ -96,5 +199,5 @@ async def main() -> None:
 if __name__ == "__main__":
     import logging
 
-    logging.disable(logging.WARNING)
+    logging.disable(logging.CRITICAL)  # LiveKit logs every failover at ERROR level
     asyncio.run(main())

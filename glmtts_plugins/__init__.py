@@ -33,6 +33,7 @@ from .errors import (
     TruncatedStreamError,
 )
 from .options import VoiceOptions, resolve_engine
+from .pace import pace
 from .synthesizer import ENCODINGS, Encoding, Segment, SpeechFrame, Synthesizer, Utterance
 from .voices import DEFAULT_VOICE, VOICES
 
@@ -71,5 +72,6 @@ __all__ = [
     "VoiceRegistry",
     "__version__",
     "as_engine",
+    "pace",
     "resolve_engine",
 ]

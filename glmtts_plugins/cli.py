@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audio import resample, write_wav
+from .audio import resample_buffer, write_wav
 from .engines.base import BaseEngine
 from .engines.cloud import KEY_ENV_VARS, CloudEngine
 from .errors import GLMTTSError
@@ -90,8 +90,11 @@ async def _say(args: argparse.Namespace) -> None:
     text = sys.stdin.read() if args.text == "-" else args.text
     async with _make_engine(args.engine, args.base_url, args.voices) as engine:
         timing = await timed_stream(engine, text, voice=args.voice, speed=args.speed, volume=args.volume)
-    pcm = resample(timing.pcm, engine.sample_rate, args.rate)
-    write_wav(args.output, pcm, args.rate)
+    pcm = resample_buffer(timing.pcm, engine.sample_rate, args.rate)
+    try:
+        write_wav(args.output, pcm, args.rate)
+    except OSError as exc:
+        raise SystemExit(f"glmtts: cannot write {args.output}: {exc.strerror or exc}") from None
     print(
         f"wrote {args.output} ({timing.audio_s:.2f} s at {args.rate} Hz); "
         f"time to first audio {timing.first_audio_s * 1000:.0f} ms; real-time factor {timing.rtf:.3f}"
@@ -119,7 +122,7 @@ async def _demo(args: argparse.Namespace) -> None:
                 timing = await timed_stream(engine, line, voice=args.voice)
                 for rate in (8000, 16000):
                     path = out / f"{i:02d}_agent_{rate // 1000}k.wav"
-                    write_wav(path, resample(timing.pcm, engine.sample_rate, rate), rate)
+                    write_wav(path, resample_buffer(timing.pcm, engine.sample_rate, rate), rate)
                 rows.append((i, timing, line))
     finally:
         if server is not None:
@@ -227,8 +230,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             _voices(args)
     except GLMTTSError as exc:
         raise SystemExit(f"glmtts: {exc}") from None
-    except OSError as exc:  # e.g. -o to a directory that does not exist or is not writable
-        raise SystemExit(f"glmtts: {exc}") from None
+    except OSError as exc:  # e.g. -o to a path that cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise SystemExit(f"glmtts: {where}{exc.strerror or exc}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -36,6 +36,7 @@ class GLMTTSError(Exception):
         retryable: bool | None = None,
         request_id: str | None = None,
     ) -> None:
+        message = message if isinstance(message, str) else _text(message)  # a server may send any JSON
         super().__init__(message)
         self.message = message
         self.code = code
@@ -122,10 +123,26 @@ _INVALID_CODES = {"1210", "1211", "1213", "1214", "1261"}
 _BLOCKED_CODES = {"1301"}
 
 
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _code(code: object) -> str | None:
+    """A business code as the cloud spells it: ``1302``, ``1302.0`` and ``"1302"`` are all ``"1302"``."""
+    if code is None:
+        return None
+    if isinstance(code, float) and code.is_integer():
+        return str(int(code))
+    return code.strip() if isinstance(code, str) else _text(code)
+
+
 def error_from_code(
     status: int | None,
-    code: str | int | None,
-    message: str | None = None,
+    code: object,
+    message: object = None,
     *,
     request_id: str | None = None,
 ) -> GLMTTSError:
@@ -133,8 +150,8 @@ def error_from_code(
 
     HTTP 429 means either a rate limit (retryable) or an exhausted balance (not), so the code decides.
     """
-    code_s = None if code is None else str(code)
-    text = message or "GLM-TTS request failed"
+    code_s = _code(code)
+    text = message if isinstance(message, str) and message else _text(message or "GLM-TTS request failed")
     kwargs: dict = {"code": code_s, "status": status, "request_id": request_id}
     if code_s in _AUTH_CODES:
         return AuthenticationError(text, **kwargs)

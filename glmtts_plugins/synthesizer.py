@@ -39,7 +39,8 @@ from typing import Literal, Self, get_args
 
 from .audio.framer import FRAME_MS_CHOICES, Framer
 from .audio.g711 import lin2alaw, lin2ulaw
-from .audio.resampler import SUPPORTED_RATES, StreamResampler
+from .audio.opus import OPUS_RATES, OpusEncoder
+from .audio.stream_resampler import SUPPORTED_RATES, StreamResampler
 from .engines.base import BaseEngine, Engine, as_engine
 from .errors import GLMTTSError, InvalidRequestError
 from .options import VoiceOptions
@@ -48,14 +49,16 @@ from .voices import DEFAULT_VOICE
 
 __all__ = ["ENCODINGS", "Encoding", "Segment", "SpeechFrame", "Synthesizer", "Utterance"]
 
-Encoding = Literal["pcm_s16le", "mulaw", "alaw"]
+Encoding = Literal["pcm_s16le", "mulaw", "alaw", "opus"]
 ENCODINGS: tuple[str, ...] = get_args(Encoding)
 
 _ENCODERS: dict[str, Callable[[bytes], bytes] | None] = {
     "pcm_s16le": None,
     "mulaw": lin2ulaw,
     "alaw": lin2alaw,
+    "opus": None,  # one OpusEncoder per utterance, made in Utterance
 }
+_OPUS_FRAME_MS = (20, 40, 60)
 _END = object()  # end of the text, or of a piece's audio
 _WAKE = object()  # cancel() waking the iterator
 _DEFAULT_MS_PER_UNIT = 230.0  # speech rate assumed for a piece not yet fully received (~4.3 syllables/s)
@@ -66,7 +69,8 @@ class SpeechFrame:
     """One frame of output audio and where it sits in the utterance."""
 
     audio: bytes
-    """Encoded audio: 16-bit little-endian PCM, or one byte per sample for μ-law / A-law."""
+    """Encoded audio: 16-bit little-endian PCM, one byte per sample for μ-law / A-law, or one Opus
+    packet (``duration_ms`` is then the audio the packet carries)."""
     sample_rate: int
     encoding: Encoding
     segment_index: int
@@ -99,12 +103,38 @@ class Segment:
     """``time.monotonic()`` when its first audio reached the utterance's iterator."""
 
 
+class _Channel:
+    """An unbounded queue with one consumer: ``asyncio.Queue`` without the bookkeeping (task counts,
+    putters, a deque of getters) that cost more per audio chunk than handing the chunk on itself."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: object) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class _Piece:
     __slots__ = ("chunks", "segment")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
-        self.chunks: asyncio.Queue[object] = asyncio.Queue()
+        self.chunks = _Channel()
 
 
 class Synthesizer:
@@ -135,8 +165,9 @@ class Synthesizer:
         segmenter: Callable[[], Segmenter] = Segmenter,
     ) -> None:
         engine = as_engine(engine)  # TypeError for anything that is not an engine
-        if sample_rate not in SUPPORTED_RATES:
-            allowed = ", ".join(map(str, SUPPORTED_RATES))
+        rates = OPUS_RATES if encoding == "opus" else SUPPORTED_RATES
+        if type(sample_rate) is not int or sample_rate not in rates:
+            allowed = ", ".join(map(str, rates))
             raise InvalidRequestError(
                 f"sample_rate must be one of {allowed}; got {sample_rate!r}", field="sample_rate"
             )
@@ -154,6 +185,13 @@ class Synthesizer:
                 f"frame_ms={frame_ms} at {sample_rate} Hz is not a whole number of samples; use 20 or 40",
                 field="frame_ms",
             )
+        if encoding == "opus":  # whole Opus frames only; fail here (not mid-utterance) without PyAV
+            if frame_ms not in _OPUS_FRAME_MS:
+                raise InvalidRequestError(
+                    f"frame_ms must be 20, 40 or 60 with encoding='opus'; got {frame_ms!r}", field="frame_ms"
+                )
+            OpusEncoder(sample_rate, frame_ms)
+            pad_frames = True
         if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
             raise InvalidRequestError(f"prefetch must be an integer >= 0; got {prefetch!r}", field="prefetch")
         options = VoiceOptions(voice, speed, volume)
@@ -279,13 +317,15 @@ class Utterance:
         self._slots = asyncio.Semaphore(synth.prefetch + 1)
         self._resampler = StreamResampler(synth.engine.sample_rate, synth.sample_rate)
         self._encode = _ENCODERS[synth.encoding]
+        # Opus: one encoder per utterance (its state never crosses utterances), dropped on cancel
+        self._opus = OpusEncoder(synth.sample_rate, synth.frame_ms) if synth.encoding == "opus" else None  # type: ignore[arg-type]
         # frames are cut from 16-bit PCM and encoded one by one: PCM zeros encode to G.711 silence
         self._framer = (
             None
             if synth.frame_ms is None
             else Framer(synth.sample_rate, synth.frame_ms, pad_last=synth.pad_frames)
         )
-        self._pieces: asyncio.Queue[object] = asyncio.Queue()
+        self._pieces = _Channel()
         self._piece: _Piece | None = None
         self._ready: collections.deque[SpeechFrame] = collections.deque()
         self._samples_out = 0  # samples framed so far (frames may still wait in _ready)
@@ -460,6 +500,7 @@ class Utterance:
         self._resampler.reset()
         if self._framer is not None:
             self._framer.reset()
+        self._opus = None
 
     # -- consumer side ------------------------------------------------------------------------------
 
@@ -503,6 +544,8 @@ class Utterance:
         return self._framer.push(pcm) + (self._framer.flush() if last else [])
 
     def _frames(self, frames: list[bytes], piece: _Piece) -> None:
+        if self.encoding == "opus" and self._opus is None:  # shut down: the encoder is gone
+            return
         seg = piece.segment
         if frames and self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
@@ -512,7 +555,11 @@ class Utterance:
             n = len(pcm) // 2
             self._ready.append(
                 SpeechFrame(
-                    audio=self._encode(pcm) if self._encode else pcm,
+                    audio=self._encode(pcm)
+                    if self._encode
+                    else self._opus.encode(pcm)
+                    if self._opus
+                    else pcm,
                     sample_rate=self.sample_rate,
                     encoding=self.encoding,
                     segment_index=seg.index,

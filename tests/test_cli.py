@@ -115,3 +115,26 @@ def test_say_with_the_vllm_omni_engine_and_named_voices(tmp_path: Path) -> None:
     assert (
         bad.returncode != 0 and "Traceback" not in bad.stderr and "registered voices: support" in bad.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--engine", "offline", "-o", "{tmp}/a-file/x.wav"], "a-file"),  # under a file, not a folder
+        (["--engine", "offline", "-o", "/proc/version"], "/proc/version"),  # not writable, even by root
+        (["--engine", "cloud", "--base-url", "localhost:8000"], "base_url"),
+        (["--engine", "cloud", "--base-url", "http://[::1"], "base_url"),
+        (["--engine", "vllm-omni", "--base-url", "http://h:99999", "--voices", "x.toml"], "base_url"),
+    ],
+    ids=["missing-dir", "unwritable", "no-scheme", "unparsable", "bad-port"],
+)
+def test_bad_output_or_base_url_is_one_line_not_a_traceback(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = glmtts("say", "你好。", *args, env={"ZAI_API_KEY": "k"})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("glmtts: ") and fragment in last, result.stderr

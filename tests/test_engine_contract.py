@@ -61,6 +61,17 @@ def test_bad_options_name_the_field(kwargs: dict, field: str) -> None:
         assert info.value.field == field
 
 
+@pytest.mark.parametrize("key", ["密钥-secret", "bad key", "line\nbreak"])
+def test_a_key_that_cannot_be_sent_is_refused_without_showing_it(key: str) -> None:
+    for make in (
+        lambda: CloudEngine(api_key=key, base_url="http://127.0.0.1:9"),
+        lambda: VllmOmniEngine("http://127.0.0.1:9", voices=VOICES, api_key=key),
+    ):
+        with pytest.raises(InvalidRequestError) as info:
+            make()
+        assert info.value.field == "api_key" and key not in str(info.value)
+
+
 def test_offline_chunk_ms_names_the_field() -> None:
     with pytest.raises(InvalidRequestError) as info:
         OfflineEngine(chunk_ms=20.0)  # type: ignore[arg-type]
@@ -170,3 +181,29 @@ def test_no_engine_validates_by_hand_and_none_overrides_stream() -> None:
         assert "validate_request(" not in source and "type: ignore[override]" not in source, module
     for cls in (CloudEngine, VllmOmniEngine, OfflineEngine, ToneEngine):
         assert cls.stream is BaseEngine.stream and cls.synthesize is BaseEngine.synthesize
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"sample_rate": 24000.0}, "sample_rate"), ({"frame_ms": 20.0}, "frame_ms")]
+)
+def test_synthesizer_refuses_float_rates_and_frame_sizes(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        Synthesizer(ToneEngine(), **kwargs)
+    assert info.value.field == field
+
+
+async def test_speak_timeout_reaches_a_users_engine_through_as_engine() -> None:
+    import asyncio
+
+    from glmtts_plugins import APITimeoutError
+
+    class Stalled(Minimal):
+        async def stream(self, text, *, voice, speed, volume):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(10)
+            yield b"\0\0"
+
+    synth = Synthesizer(Stalled(), sample_rate=16000)
+    with pytest.raises(APITimeoutError, match="first byte"):
+        async with asyncio.timeout(5):
+            async for _ in synth.speak("你好。", timeout=0.2):
+                pass

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +50,32 @@ async def test_agent_session_says_the_greeting_and_stops_on_interruption() -> No
     assert history[0].text_content == GREETING and not history[0].interrupted
     said = history[-1].text_content or ""
     assert history[-1].interrupted and 0 < len(said) < len(answer) and answer.startswith(said.rstrip())
+
+
+class RecordingEnviron(dict):
+    """An environment that remembers which variables were looked up."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_the_documented_settings_are_the_ones_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "examples" / "livekit_agent" / "README.md").read_text()
+    table = readme.split("## Settings (environment)", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", table, flags=re.M))
+    values = {name: f"value-of-{name.lower()}" for name in documented}
+    env = RecordingEnviron(values)
+    monkeypatch.setattr(os, "environ", env)
+    config = AgentConfig.from_env()
+    assert env.read == documented  # nothing undocumented is read, nothing documented is ignored
+    used = set(vars(config).values())
+    assert all(value in used for value in values.values())  # each one lands in the configuration

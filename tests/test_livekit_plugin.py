@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,13 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError
 from livekit.plugins import glmtts
 
+from glmtts_plugins import CloudEngine, InvalidRequestError
 from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.text import Segmenter
 
-from ._livekit import assert_pushed_audio, start_roomless
+from ._livekit import HeadCounter, assert_pushed_audio, start_roomless
 from .conftest import API_KEY
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
@@ -85,19 +87,116 @@ async def test_synthesize_collect_has_the_right_rate_and_duration(rate: int) -> 
 async def test_model_provider_and_bad_options() -> None:
     with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
         tts = plugin(srv)
-        assert (tts.model, tts.provider) == ("glm-tts", "127.0.0.1")
+        assert (tts.model, tts.provider) == ("glm-tts", "GLM-TTS")  # a brand name, not the host
+        assert srv.base_url.startswith(tts.engine.base_url)  # the host stays available for logs
         assert tts.capabilities.streaming
         await tts.aclose()
-    from glmtts_plugins import InvalidRequestError
-
     for kwargs, field in [
         ({"speed": 0.1}, "speed"),
         ({"sample_rate": 11025}, "sample_rate"),
+        ({"sample_rate": 24000.0}, "sample_rate"),  # equal to 24000, but not a rate LiveKit can use
+        ({"sample_rate": True}, "sample_rate"),
         ({"voice": ""}, "voice"),
+        ({"prefetch": -1}, "prefetch"),
+        ({"base_url": "127.0.0.1:8000/api/paas/v4"}, "base_url"),  # no scheme
+        ({"base_url": "http:///api/paas/v4"}, "base_url"),  # no host
     ]:
         with pytest.raises(InvalidRequestError) as info:
             glmtts.TTS(api_key=API_KEY, **kwargs)  # type: ignore[arg-type]
-        assert info.value.field == field
+        assert info.value.field == field and isinstance(info.value, ValueError)
+    with pytest.raises(ValueError):
+        glmtts.TTS(api_key=API_KEY, engine=ToneEngine())
+
+
+async def test_no_key_fails_at_construction_naming_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ZAI_API_KEY", "ZHIPUAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError) as info:
+        glmtts.TTS()
+    assert isinstance(info.value, InvalidRequestError) and info.value.field == "api_key"
+    assert "ZAI_API_KEY" in str(info.value) and "ZHIPUAI_API_KEY" in str(info.value)
+
+
+async def test_use_after_aclose_is_a_livekit_error_that_is_not_retried() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        tts = plugin(srv)
+        await tts.synthesize("第一句。").collect()
+        await tts.aclose()
+        errors: list[object] = []
+        tts.on("error", errors.append)
+        with pytest.raises(APIError) as info:
+            await tts.synthesize("第二句。", conn_options=FAST).collect()
+        stream = tts.stream(conn_options=FAST)
+        stream.push_text("第三句。")
+        stream.end_input()
+        with pytest.raises(APIError) as info2:
+            await drain(stream)
+        await stream.aclose()
+        assert len(srv.records) == 1
+    for exc in (info.value, info2.value):
+        assert not exc.retryable and "aclose" in str(exc)
+    assert len(errors) == 2  # one attempt each: LiveKit did not retry
+
+
+async def test_an_engine_closed_by_its_owner_is_a_livekit_error_that_is_not_retried() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        engine = CloudEngine(api_key=API_KEY, base_url=srv.base_url)
+        tts = glmtts.TTS(engine=engine)
+        await engine.aclose()  # the application's engine, closed under the plugin
+        with pytest.raises(APIError) as info:
+            await tts.synthesize("第二句。", conn_options=FAST).collect()
+        await tts.aclose()
+        assert srv.records == []
+    assert not info.value.retryable and "closed" in str(info.value)
+
+
+async def test_prewarm_runs_again_once_the_previous_one_finished() -> None:
+    """LiveKit calls prewarm() on every agent activity (handoffs, update_options(tts=)): a prewarm in
+    flight is not doubled, a finished one is run again, as the OpenAI plugin does."""
+    async with HeadCounter() as server:
+        tts = glmtts.TTS(api_key=API_KEY, base_url=server.base_url)
+        server.hold.clear()
+        tts.prewarm()
+        await asyncio.sleep(0.3)
+        tts.prewarm()  # the first is still waiting for its answer
+        await asyncio.sleep(0.3)
+        assert server.methods == ["HEAD"]
+        server.hold.set()
+        for _ in range(200):
+            if tts._prewarm_task is not None and tts._prewarm_task.done():
+                break
+            await asyncio.sleep(0.01)
+        tts.prewarm()
+        for _ in range(200):
+            if len(server.methods) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert server.methods == ["HEAD", "HEAD"]
+        await tts.aclose()
+
+
+async def test_metrics_tell_whether_the_prewarmed_connection_was_reused() -> None:
+    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+        cold = plugin(srv)
+        metrics: list[object] = []
+        cold.on("metrics_collected", metrics.append)
+        await cold.synthesize("第一句。").collect()
+        await cold.aclose()
+        warm = plugin(srv)
+        warm.on("metrics_collected", metrics.append)
+        warm.prewarm()
+        await asyncio.sleep(0.5)
+        await warm.synthesize("第二句。").collect()
+        stream = warm.stream()
+        stream.push_text("第三句。")
+        stream.end_input()
+        await drain(stream)
+        await stream.aclose()
+        await warm.aclose()
+    first, second, third = metrics
+    assert not first.connection_reused and first.acquire_time > 0  # a new TCP connection
+    assert second.connection_reused and third.connection_reused  # the prewarmed one, kept alive
+    assert 0 <= second.acquire_time < first.acquire_time + 0.05
 
 
 async def test_stream_sends_one_request_per_segment_in_order_first_at_the_first_clause() -> None:
@@ -271,3 +370,41 @@ async def test_roomless_agent_session_say_then_interrupt() -> None:
     said = messages[-1].text_content or ""
     assert messages[-1].interrupted and 0 < len(said) < len(text)
     assert text.startswith(said.rstrip())
+
+
+ENGLISH = (
+    "Hello, this is the Galaxy Bank credit card center. We have prepared a new offer for you today: "
+    "spend two hundred yuan and save thirty. The offer is limited to one use per customer, "
+    "and it ends at the end of this month."
+)
+
+
+@pytest.mark.parametrize("rate", [24000, 16000])
+async def test_interrupted_english_transcript_matches_what_was_heard(rate: int) -> None:
+    """With ``use_tts_aligned_transcript``, LiveKit paces the stored text by the pieces' timings. Each
+    piece has a start and, once its audio is complete, an end, so the text of a reply interrupted inside
+    its last piece keeps up with the audio played (with a start only, LiveKit cannot align past the last
+    start and falls back to its own speech-rate guess). The tone speaks faster than that guess."""
+    ms_per_char, interrupt_s = 35.0, 5.0
+    tone = ToneEngine(ms_per_char=ms_per_char)
+    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+        async with plugin(srv, sample_rate=rate) as tts:
+            session = AgentSession(tts=tts, use_tts_aligned_transcript=True)
+            sink, sync = await start_roomless(session, Agent(instructions="support"))
+            handle = session.say(ENGLISH)
+            assert await srv.wait_for(lambda: len(srv.records) > 1, 5)
+            assert await srv.wait_for(lambda: all(r.outcome == "completed" for r in srv.records), 10)
+            assert len(srv.records) == len(pieces_of(ENGLISH, [ENGLISH])) and sink.frames
+            await asyncio.sleep(interrupt_s - (time.monotonic() - sink.frames[0][0]))
+            handle.interrupt()
+            await handle.wait_for_playout()
+            messages = [m for m in session.history.items if m.type == "message" and m.role == "assistant"]
+            await session.aclose()
+            await sync.aclose()
+    assert sink.cleared_at is not None
+    played_s = min(sink.cleared_at - sink.frames[0][0], sum(f.duration for _, f in sink.frames))
+    heard = played_s * 1000 / ms_per_char  # characters whose audio was played (spaces between pieces aside)
+    said = messages[-1].text_content or ""
+    assert messages[-1].interrupted and ENGLISH.startswith(said.rstrip())
+    print(f"rate {rate}: said {len(said)} characters, heard ~{heard:.0f}")
+    assert heard - 12 <= len(said) <= heard + 12, (len(said), heard)  # within about two words

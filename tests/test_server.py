@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
 import statistics
 import time
 
@@ -172,12 +172,13 @@ class _IteratorEngine(ToneEngine):
         ),
     ],
 )
-def test_every_reply_closes_the_engine_stream(path: str, body: dict) -> None:
+async def test_every_reply_closes_the_engine_stream(path: str, body: dict) -> None:
     engine = _IteratorEngine()
     with LocalServer(engine, tokens=[API_KEY]) as srv:
-        response = httpx.post(srv.root_url + path, json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            response = await http.post(srv.root_url + path, json=body)
         assert response.status_code == 200 and len(response.content) >= len(engine.pcm("你好"))
-        assert _wait(lambda: srv.records[-1].outcome == "completed")
+        assert await srv.wait_for(lambda: srv.records[-1].outcome == "completed")
     assert engine.closed == [1]
 
 
@@ -231,12 +232,12 @@ async def test_injected_434_is_an_authentication_error(server: LocalServer) -> N
         direct = await http.post(
             server.base_url + "/audio/speech", json=GOOD, headers={FAULT_HEADER: "status=434"}
         )
-    assert direct.status_code == 434 and direct.json()["error"]["code"] == "1220"
+    assert direct.status_code == 434 and "code" not in direct.json()["error"]  # none documented for 434
     with LocalServer(ToneEngine(), tokens=[API_KEY], faults="status=434") as srv:
         async with CloudEngine(api_key=API_KEY, base_url=srv.base_url) as engine:
             with pytest.raises(AuthenticationError) as info:
                 await engine.synthesize("你好")
-    assert (info.value.status, info.value.code) == (434, "1220")
+    assert (info.value.status, info.value.code) == (434, None)
     assert len(srv.records) == 1  # not retried
 
 
@@ -250,31 +251,26 @@ class _Collect(logging.Handler):
 
 
 @pytest.mark.parametrize("path", ["/api/paas/v4/audio/speech", "/v1/audio/speech"])
-def test_a_client_leaving_mid_body_logs_no_traceback(server: LocalServer, path: str) -> None:
+async def test_a_client_leaving_mid_body_logs_no_traceback(server: LocalServer, path: str) -> None:
     logs = _Collect()
     logging.getLogger("uvicorn.error").addHandler(logs)
     try:
         for _ in range(3):
-            with socket.create_connection(("127.0.0.1", server.port)) as sock:
-                head = (
-                    f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-                    "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
-                )
-                sock.sendall(head.encode() + b'{"model": "glm-tts", "input": "')
-                assert _wait(lambda: server.records and server.records[-1].outcome == "running")
-        assert _wait(
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+            )
+            writer.write(head.encode() + b'{"model": "glm-tts", "input": "')
+            assert await server.wait_for(
+                lambda: bool(server.records) and server.records[-1].outcome == "running"
+            )
+            writer.close()
+            await writer.wait_closed()
+        assert await server.wait_for(
             lambda: len(server.records) == 3 and all(r.outcome == "disconnected" for r in server.records)
         )
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     finally:
         logging.getLogger("uvicorn.error").removeHandler(logs)
     assert [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING] == []
-
-
-def _wait(predicate: object, within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True

@@ -4,6 +4,7 @@ descriptors can be read from /proc; every loop is bounded and everything stays o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import selectors
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from glmtts_plugins.server import ConnectionLimits, LocalServer
+from glmtts_plugins.server import ConnectionLimits, LocalServer, ThreadedServer
 from glmtts_plugins.testing import ToneEngine
 
 from .conftest import API_KEY
@@ -161,15 +162,13 @@ def test_glmtts_serve_memory_stays_bounded_and_idle_connections_drop() -> None:
     argv = [sys.executable, "-m", "glmtts_plugins.cli", "serve", "--port", str(port), "--token", TOKEN]
     with _server_process(argv, port) as proc:
         _flood(port, _hostile_mix(300))  # warm-up: allocator pools, caches
-        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
-        opened = time.monotonic()
-        before = _rss_bytes(proc.pid)
-        statuses = _flood(port, _hostile_mix(1_500))
-        after = _rss_bytes(proc.pid)
-        assert len(statuses) == 3_000 + 2 * 215 and set(statuses) == {200, 400, 401, 404}
-        closed = _closed_within(idle, within=5.0 + 4.0, since=opened)
-        for sock in idle:
-            sock.close()
+        with _connections(port, 20) as idle:
+            opened = time.monotonic()
+            before = _rss_bytes(proc.pid)
+            statuses = _flood(port, _hostile_mix(1_500))
+            after = _rss_bytes(proc.pid)
+            assert len(statuses) == 3_000 + 2 * 215 and set(statuses) == {200, 400, 401, 404}
+            closed = _closed_within(idle, within=5.0 + 4.0, since=opened)
     growth = after - before
     spread = f"{min(closed):.2f}-{max(closed):.2f} s" if None not in closed else closed  # type: ignore[type-var]
     print(f"RSS {before / 1e6:.1f} -> {after / 1e6:.1f} MB over 3430 requests; idle closed after {spread}")
@@ -185,19 +184,21 @@ def limited() -> Iterator[tuple[int, int]]:
         yield port, proc.pid
 
 
+@contextlib.contextmanager
+def _connections(port: int, n: int) -> Iterator[list[socket.socket]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(n)]
+
+
 def test_idle_connections_are_dropped_and_capped(limited: tuple[int, int]) -> None:
     port, pid = limited
     baseline = _fds(pid)
     opened = time.monotonic()
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
-    try:
+    with _connections(port, 100) as socks:
         time.sleep(0.3)
         held = _fds(pid) - baseline
         assert held <= LIMITED.max_connections + 2, held  # the rest were refused at once
         closed = _closed_within(socks, within=LIMITED.header_timeout + 4.0, since=opened)
-    finally:
-        for sock in socks:
-            sock.close()
     refused = [c for c in closed if c is not None and c < 0.5 * LIMITED.header_timeout]
     dropped = [c for c in closed if c is not None and c >= 0.8 * LIMITED.header_timeout]
     print(
@@ -214,15 +215,11 @@ def test_slow_loris_clients_are_dropped(limited: tuple[int, int]) -> None:
     port, pid = limited
     baseline = _fds(pid)
     opened = time.monotonic()
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
-    try:
+    with _connections(port, 30) as socks:
         for sock in socks:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         poke = b"X-Slow: 1\r\n"
         closed = _closed_within(socks, within=LIMITED.header_timeout + 4.0, poke=poke, since=opened)
-    finally:
-        for sock in socks:
-            sock.close()
     print(f"slow-loris clients dropped after {min(closed):.2f}-{max(closed):.2f} s")  # type: ignore[type-var]
     assert None not in closed and max(closed) < LIMITED.header_timeout + 2.0  # type: ignore[type-var]
     assert min(closed) > 0.8 * LIMITED.header_timeout  # type: ignore[type-var,operator]
@@ -261,12 +258,8 @@ def test_a_kept_alive_connection_is_closed_after_the_header_timeout(limited: tup
 def test_limits_apply_to_local_server_too() -> None:
     limits = ConnectionLimits(header_timeout=0.5, max_connections=8)
     with LocalServer(ToneEngine(), tokens=[API_KEY], limits=limits) as srv:
-        socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(12)]
-        try:
+        with _connections(srv.port, 12) as socks:
             closed = _closed_within(socks, within=4.0)
-        finally:
-            for sock in socks:
-                sock.close()
         assert None not in closed and sum(c < 0.25 for c in closed) >= 4  # type: ignore[operator]
         assert httpx.get(srv.root_url + "/health").status_code == 200
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:  # an unfinished head is not buffered
@@ -282,3 +275,23 @@ def _wait(predicate: object, within: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+async def test_an_upgraded_websocket_outlives_the_header_timeout() -> None:
+    """The head deadline is for HTTP requests: a WebSocket that went quiet for longer stays open."""
+    client = pytest.importorskip("websockets.asyncio.client")
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        while True:
+            await ws.send_text(await ws.receive_text())
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    async with ThreadedServer(app, limits=ConnectionLimits(header_timeout=0.3)) as srv:
+        async with client.connect(f"ws://127.0.0.1:{srv.port}/ws", ping_interval=None) as ws:
+            await asyncio.sleep(1.0)
+            await ws.send("still here")
+            assert await asyncio.wait_for(ws.recv(), 5) == "still here"

@@ -60,9 +60,8 @@ class RecordingEngine(ToneEngine):
 
 
 @pytest.fixture
-def srv(tone: ToneEngine):
-    with LocalServer(tone, tokens=[API_KEY]) as server:
-        yield server
+def srv(server: LocalServer) -> LocalServer:
+    return server  # conftest's server, under this file's name
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ async def test_long_text_is_split_not_truncated() -> None:
     ("kwargs", "field"),
     [
         ({"sample_rate": 11025}, "sample_rate"),
-        ({"encoding": "opus"}, "encoding"),
+        ({"encoding": "mp3"}, "encoding"),  # (opus is an encoding now)
         ({"frame_ms": 25}, "frame_ms"),
         ({"prefetch": -1}, "prefetch"),
         ({"speed": 3.0}, "speed"),

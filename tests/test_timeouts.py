@@ -78,6 +78,12 @@ async def test_local_server_first_byte_delay_against_the_timeout() -> None:
         assert len(wav) == 44 + len(pcm)
         with pytest.raises(APITimeoutError, match="first byte"):
             await cloud.synthesize(TEXT, timeout=0.1)
+    # a request timeout longer than both engine limits is the one that counts
+    async with served(tone, faults="first_byte_ms=400", first_byte_timeout=0.1, read_timeout=0.15) as (
+        _,
+        cloud,
+    ):
+        assert b"".join([c async for c in cloud.stream(TEXT, timeout=3.0)]) == tone.pcm(TEXT)
 
 
 async def test_read_timeout_after_audio_names_read() -> None:

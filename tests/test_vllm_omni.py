@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,64 @@ def test_registry_rejects_bad_references(tmp_path: Path, make, expect: str) -> N
     with pytest.raises(InvalidRequestError) as info:
         VoiceRegistry.load(tmp_path)
     assert info.value.field == "voices" and expect in str(info.value) and "'a'" in str(info.value)
+
+
+def wav_with_rate(rate: int, seconds: float = 4.0) -> bytes:
+    header = bytearray(tone_wav(seconds))
+    header[24:28] = rate.to_bytes(4, "little")  # the header's sample rate, whatever it says
+    return bytes(header)
+
+
+def symlink_to_dev_zero(d: Path) -> None:
+    (d / "a.wav").symlink_to("/dev/zero")
+    (d / "a.txt").write_text("x")
+
+
+def fifo(d: Path) -> None:
+    os.mkfifo(d / "a.wav")  # opening it would block until a writer comes: it must not be opened
+    (d / "a.txt").write_text("x")
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda d: [(d / "a.wav").write_bytes(wav_with_rate(0)), (d / "a.txt").write_text("x")], "0 Hz"),
+        (lambda d: [(d / "a.wav").write_bytes(wav_with_rate(1)), (d / "a.txt").write_text("x")], "1 Hz"),
+        (
+            lambda d: [(d / "a.wav").write_bytes(tone_wav(4)), (d / "a.txt").write_bytes(b"\xff\xfe\x00x")],
+            "UTF-8",
+        ),
+        (symlink_to_dev_zero, "not a regular file"),
+        (fifo, "not a regular file"),
+    ],
+    ids=["rate-0", "rate-1", "non-utf8-transcript", "link-to-dev-zero", "fifo"],
+)
+def test_registry_rejects_hostile_voice_files(tmp_path: Path, make, expect: str) -> None:  # type: ignore[no-untyped-def]
+    make(tmp_path)
+    with pytest.raises(InvalidRequestError) as info:
+        VoiceRegistry.load(tmp_path)
+    assert info.value.field == "voices" and expect in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expect"),
+    [
+        ("v.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("v.toml", "a = " + "[" * 100_000 + "]" * 100_000, "does not parse"),
+        (
+            "v.json",
+            json.dumps({"x": {"audio_url": "https://a/b.wav", "text": ["a", "list"]}}),
+            "'text' string",
+        ),
+        ("v.json", json.dumps({"x": {"audio": 7, "text": "t"}}), "'audio' must be a string"),
+    ],
+)
+def test_registry_files_with_hostile_structure(tmp_path: Path, name: str, content: str, expect: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InvalidRequestError) as info:
+        VoiceRegistry.load(path)
+    assert info.value.field == "voices" and expect in str(info.value), str(info.value)
 
 
 def test_unknown_voice_lists_the_registered_ones(voice_dir: Path) -> None:

@@ -8,11 +8,14 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 from ..audio.wav import pcm_to_wav
 from ..errors import APITimeoutError, InvalidRequestError
 from ..voices import DEFAULT_VOICE
+
+if TYPE_CHECKING:
+    from .transport import ConnectionInfo
 
 __all__ = [
     "SAMPLE_RATE",
@@ -137,6 +140,8 @@ class BaseEngine:
     provider: str = "custom"
     """A stable brand name for metrics and logs."""
     model: str = "unknown"
+    last_connection: ConnectionInfo | None = None
+    """How the last request got its connection, for metrics; ``None`` when the engine cannot tell."""
     _native_timeout: ClassVar[bool] = False
 
     async def stream(

@@ -25,7 +25,15 @@ from ..audio.wav import wav_to_pcm
 from ..errors import EngineClosedError, GLMTTSError, InvalidRequestError, ServerError
 from ..text.limit import MAX_INPUT_CHARS, split_text
 from .base import BaseEngine, check_timeout
-from .transport import Attempt, BearerAuth, ConnectionInfo, Secret, check_base_url, translate_errors
+from .transport import (
+    Attempt,
+    BearerAuth,
+    ConnectionInfo,
+    Secret,
+    check_base_url,
+    reap_orphans,
+    translate_errors,
+)
 
 __all__ = ["AudioDecoder", "ConnectionInfo", "HTTPEngine", "HTTPOptions", "RetryPolicy", "check_base_url"]
 
@@ -38,6 +46,8 @@ MAX_ERROR_BODY = 64 * 1024
 """Bytes of an error body read for its message; the rest is not read."""
 MAX_WAV_BODY = 256 * 1024 * 1024
 """A whole-WAV body larger than this is refused (about 90 minutes at 24 kHz: far above 1024 characters)."""
+PROGRESS_SLACK = 1.0
+"""Seconds of audio the progress rule forgives (a stream may pause once it is ahead)."""
 _NOT_AUDIO = ("text/html", "application/xhtml", "text/xml", "application/xml")
 
 
@@ -67,6 +77,9 @@ class HTTPOptions(TypedDict, total=False):
     a request's ``timeout=`` replaces it."""
     read_timeout: float
     """Between two pieces of audio once audio flows (default 10 s)."""
+    min_realtime: float
+    """The progress rule: once audio flows it must keep up with this fraction of real time (default 0.2,
+    0 turns the rule off); slower is an ``APITimeoutError`` ("read") before audio runs dry."""
     retry: RetryPolicy | None
     http_client: httpx.AsyncClient | None
     """A client of your own (left open by the engine); by default the engine makes and closes one."""
@@ -109,9 +122,19 @@ class HTTPEngine(BaseEngine):
         connect_timeout: float = 5.0,
         first_byte_timeout: float | None = None,
         read_timeout: float = 10.0,
+        min_realtime: float = 0.2,
         retry: RetryPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
+        if (
+            isinstance(min_realtime, bool)
+            or not isinstance(min_realtime, int | float)
+            or not 0 <= min_realtime < 100
+        ):
+            raise InvalidRequestError(
+                f"min_realtime must be a number in [0, 100) (0: off), got {min_realtime!r}",
+                field="min_realtime",
+            )
         if first_byte_timeout is None:
             first_byte_timeout = self._first_byte_default
         if not isinstance(model, str) or not model.strip():
@@ -125,13 +148,23 @@ class HTTPEngine(BaseEngine):
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise InvalidRequestError("http_client must be an httpx.AsyncClient", field="http_client")
         self.base_url = check_base_url(base_url)
+        if api_key is not None and (
+            not isinstance(api_key, str)
+            or not api_key.isascii()
+            or not api_key.isprintable()
+            or " " in api_key
+        ):
+            # (the key itself is never shown)
+            raise InvalidRequestError("api_key must be printable ASCII with no spaces", field="api_key")
         self.model = model
         self._key = Secret(api_key) if api_key else None
         self._auth = BearerAuth(self._key) if self._key else None
         self.first_byte_timeout = first_byte
         self.read_timeout = read
+        self.min_realtime = float(min_realtime)
         self.retry = retry or RetryPolicy()
         self.last_connection: ConnectionInfo | None = None
+        self._connect_timeout = connect
         self._closed = False
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
@@ -169,11 +202,20 @@ class HTTPEngine(BaseEngine):
     async def prewarm(self) -> None:
         """Open the keep-alive connection now, so the first request skips TCP and TLS set-up."""
         self._check_open()
+        attempt = Attempt()
+        failed = True
         try:
-            response = await self._client.request("HEAD", self.base_url + "/")
-            await response.aclose()
+            request = self._client.build_request(
+                "HEAD", self.base_url + "/", extensions={"trace": attempt.trace}
+            )
+            await (await self._client.send(request)).aclose()
+            failed = False
         except httpx.HTTPError as exc:
             logger.warning("prewarm could not reach %s: %s", self.base_url, type(exc).__name__)
+        finally:
+            if failed:  # also when cancelled (a framework cancels a prewarm it no longer needs)
+                await attempt.abandon()
+                await reap_orphans(self._client, attempt)
 
     async def aclose(self) -> None:
         """Close the pooled connections (of a client this engine made); later use raises
@@ -255,26 +297,45 @@ class HTTPEngine(BaseEngine):
         """Send the request and wait for the response head, within the attempt's deadline; an error
         status (or a JSON body) raises the engine's error for it."""
         async with translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
+            # httpx's read timeout must not cut short a request timeout longer than first_byte_timeout.
+            c, r = self._connect_timeout, max(deadline - asyncio.get_running_loop().time(), self.read_timeout)
             request = self._client.build_request(
-                "POST", self.url, json=body, headers=self._accept, extensions={"trace": attempt.trace}
+                "POST",
+                self.url,
+                json=body,
+                headers=self._accept,
+                timeout=httpx.Timeout(connect=c, read=r, write=c, pool=c),
+                extensions={"trace": attempt.trace},
             )
             try:
                 response = await self._client.send(request, auth=self._auth, stream=True)
             except BaseException:
                 await attempt.abandon()
+                await reap_orphans(self._client, attempt)
                 raise
             finally:
                 self.last_connection = attempt.connection() or self.last_connection
             attempt.phase = "first byte"
         if response.status_code != 200 or _media_type(response).startswith("application/json"):
             request_id = response.headers.get("x-request-id")
+            failed = True
             try:
                 async with translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
                     data = await _read_capped(response, MAX_ERROR_BODY, truncate=True)
+                failed = False
             finally:
-                await response.aclose()
+                await self._release(response, attempt, failed)
             raise self._error_from(response.status_code, data, request_id)
         return response
+
+    async def _release(self, response: httpx.Response, attempt: Attempt, failed: bool) -> None:
+        """Close the response; after a failure or a cancellation also repair the pool, so the
+        connection is returned or closed on every path."""
+        try:
+            await response.aclose()
+        finally:
+            if failed:
+                await reap_orphans(self._client, attempt)
 
     async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
         """One streamed attempt: a deadline for the first audio (keep-alives do not extend it), then a
@@ -284,11 +345,15 @@ class HTTPEngine(BaseEngine):
         deadline = loop.time() + timeout
         response = await self._open(body, deadline, attempt)
         request_id: str | None = response.headers.get("x-request-id")
+        failed = True
+        reads: AsyncIterator[bytes] | None = None
         try:
             _refuse_a_page(response, request_id, "an audio stream")
             decoder = self._decoder(response, request_id)
-            reads = response.aiter_bytes()  # decodes a Content-Encoding we asked not to get
+            # aiter_bytes decodes a Content-Encoding we asked not to get.
+            reads = response.aiter_bytes()
             carry = b""
+            started = audio_bytes = 0.0
             ended = False
             while not (ended or decoder.finished):
                 async with translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
@@ -302,8 +367,11 @@ class HTTPEngine(BaseEngine):
                     cut = len(pcm) & ~1
                     carry = pcm[cut:]
                     if cut:
-                        attempt.phase = "read"
-                        deadline = loop.time() + self.read_timeout
+                        now = loop.time()
+                        if attempt.phase != "read":
+                            attempt.phase, started = "read", now
+                        audio_bytes += cut
+                        deadline = self._next_deadline(attempt, now, started, audio_bytes)
                         yield pcm[:cut] if carry else pcm
                 if decoder.error is not None:
                     raise decoder.error
@@ -318,8 +386,26 @@ class HTTPEngine(BaseEngine):
                     async with asyncio.timeout(DRAIN_TIMEOUT):
                         async for _ in reads:
                             pass
+            failed = False
         finally:
-            await response.aclose()
+            if reads is not None:  # closed here rather than by the garbage collector's finalizer task
+                with contextlib.suppress(Exception):
+                    await reads.aclose()  # type: ignore[attr-defined]
+            await self._release(response, attempt, failed)
+
+    def _next_deadline(self, attempt: Attempt, now: float, started: float, audio_bytes: float) -> float:
+        """When the next audio is due: within ``read_timeout``, and (the progress rule) before the audio
+        so far falls behind ``min_realtime`` times real time since the first audio (less a second of
+        slack), so a trickle of bytes cannot hold a stream open for ever."""
+        deadline = now + self.read_timeout
+        if self.min_realtime:
+            audio_s = audio_bytes / (2 * self.sample_rate)
+            behind = started + (audio_s + PROGRESS_SLACK) / self.min_realtime
+            if behind < deadline:
+                attempt.note = f" (the audio fell below {self.min_realtime:g}x real time)"
+                return behind
+        attempt.note = ""
+        return deadline
 
     async def _fetch_wav(self, body: dict, timeout: float) -> bytes:
         """Whole-WAV mode: one request, the WAV body checked for our rate and one channel."""
@@ -328,13 +414,15 @@ class HTTPEngine(BaseEngine):
         response = await self._open(body, loop.time() + timeout, attempt)
         request_id = response.headers.get("x-request-id")
         attempt.phase = "read"
+        failed = True
         try:
             _refuse_a_page(response, request_id, "a WAV file")
             # The body of a long text takes a while: bounded per read by the client's read timeout.
             async with translate_errors(self.url, attempt, request_id):
                 data = await _read_capped(response, MAX_WAV_BODY)
+            failed = False
         finally:
-            await response.aclose()
+            await self._release(response, attempt, failed)
         try:
             pcm, rate, channels = wav_to_pcm(data)
         except ValueError as exc:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soxr
 
+from ..audio.stream_resampler import StreamResampler
 from ..errors import GLMTTSError, InvalidRequestError
 from ..voices import DEFAULT_VOICE, VOICES
 from .base import SAMPLE_RATE, BaseEngine
@@ -169,19 +169,19 @@ class _Job:
         self._gain = gain
         self._chunk_bytes = chunk_bytes
         self._pending = bytearray()
-        self._resampler: soxr.ResampleStream | None = None
+        self._resampler: StreamResampler | None = None
 
     def start_run(self, in_rate: int) -> None:
-        self._resampler = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ")
+        self._resampler = StreamResampler(in_rate, SAMPLE_RATE)
 
     def feed(self, samples: np.ndarray) -> None:
         assert self._resampler is not None
-        self._push(self._resampler.resample_chunk(samples))
+        self._push(np.frombuffer(self._resampler.process(samples.astype("<i2", copy=False).tobytes()), "<i2"))
 
     def end_run(self) -> None:
         """Flush the resampler so the run's last few milliseconds are not lost."""
         if self._resampler is not None:
-            self._push(self._resampler.resample_chunk(np.empty(0, dtype=np.int16), last=True))
+            self._push(np.frombuffer(self._resampler.flush(), "<i2"))
             self._resampler = None
 
     def finish(self, error: BaseException | None = None) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.resample import resample
+from ..audio.resample_buffer import resample_buffer
 from ..audio.wav import pcm_to_wav, wav_to_pcm
 from ..errors import InvalidRequestError
 
@@ -33,6 +35,10 @@ __all__ = ["MAX_REFERENCE_S", "MIN_REFERENCE_S", "REFERENCE_RATE", "ReferenceVoi
 MIN_REFERENCE_S = 3.0
 MAX_REFERENCE_S = 30.0
 REFERENCE_RATE = 24000
+REFERENCE_RATES = (8000, 96000)
+"""Sample rates a reference recording may have."""
+MAX_FILE_BYTES = 32 * 1024 * 1024
+"""A voice file (WAV, transcript, TOML/JSON) larger than this is refused (30 s of 96 kHz stereo is 11 MB)."""
 _URL_PREFIXES = ("http://", "https://", "file://")
 
 
@@ -65,19 +71,16 @@ class VoiceRegistry(Mapping[str, ReferenceVoice]):
         path = Path(source)
         if path.is_dir():
             return cls._from_directory(path)
-        if not path.is_file():
-            raise InvalidRequestError(f"voices: {path} is neither a directory nor a file", field="voices")
+        if path.suffix not in (".toml", ".json"):
+            raise InvalidRequestError(
+                f"voices: {path} must be a directory, a .toml or a .json file", field="voices"
+            )
+        text = _read_text(path, "voices")
         try:
-            if path.suffix == ".toml":
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            elif path.suffix == ".json":
-                data = json.loads(path.read_text(encoding="utf-8"))
-            else:
-                raise InvalidRequestError(
-                    f"voices: {path} must be a directory, a .toml or a .json file", field="voices"
-                )
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidRequestError(f"voices: {path} does not parse: {exc}", field="voices") from None
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise InvalidRequestError(f"voices: {path} does not parse: {reason}", field="voices") from None
         if not isinstance(data, Mapping):
             raise InvalidRequestError(f"voices: {path} must map voice names to entries", field="voices")
         return cls._from_mapping(data, path.parent, str(path))
@@ -92,7 +95,7 @@ class VoiceRegistry(Mapping[str, ReferenceVoice]):
                     f"voice {wav.stem!r}: {transcript.name} (the transcript of {wav.name}) is missing",
                     field="voices",
                 )
-            voices[wav.stem] = _from_file(wav.stem, wav, transcript.read_text(encoding="utf-8"))
+            voices[wav.stem] = _from_file(wav.stem, wav, _read_text(transcript, f"voice {wav.stem!r}"))
         if not voices:
             raise InvalidRequestError(f"voices: no NAME.wav files in {folder}", field="voices")
         return cls(voices)
@@ -101,15 +104,20 @@ class VoiceRegistry(Mapping[str, ReferenceVoice]):
     def _from_mapping(cls, data: Mapping, base: Path, where: str) -> VoiceRegistry:
         voices = {}
         for name, entry in data.items():
-            if not isinstance(entry, Mapping) or not str(entry.get("text", "")).strip():
+            text = entry.get("text") if isinstance(entry, Mapping) else None
+            if not isinstance(name, str) or not isinstance(text, str) or not text.strip():
                 raise InvalidRequestError(
-                    f"voice {name!r} in {where}: needs a non-empty 'text' (the transcript) and 'audio' or "
-                    "'audio_url'",
+                    f"voice {name!r} in {where}: needs a non-empty 'text' string (the transcript) and "
+                    "'audio' or 'audio_url'",
                     field="voices",
                 )
-            text = str(entry["text"])
+            for key in ("audio", "audio_url"):
+                if entry.get(key) is not None and not isinstance(entry[key], str):
+                    raise InvalidRequestError(
+                        f"voice {name!r} in {where}: {key!r} must be a string", field="voices"
+                    )
             if entry.get("audio_url"):
-                url = str(entry["audio_url"])
+                url = entry["audio_url"]
                 if not url.startswith(_URL_PREFIXES):
                     raise InvalidRequestError(
                         f"voice {name!r}: audio_url must start with http://, https:// or file://",
@@ -117,7 +125,7 @@ class VoiceRegistry(Mapping[str, ReferenceVoice]):
                     )
                 voices[name] = ReferenceVoice(name, url, text.strip())
             elif entry.get("audio"):
-                voices[name] = _from_file(name, base / str(entry["audio"]), text)
+                voices[name] = _from_file(name, base / entry["audio"], text)
             else:
                 raise InvalidRequestError(
                     f"voice {name!r} in {where}: needs 'audio' or 'audio_url'", field="voices"
@@ -149,15 +157,48 @@ class VoiceRegistry(Mapping[str, ReferenceVoice]):
         return f"VoiceRegistry({sorted(self._voices)})"
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    """A regular file's bytes, at most :data:`MAX_FILE_BYTES`: a link to a device or a FIFO is refused
+    before it is opened (it could be endless, or block for ever)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidRequestError(f"{what}: {path} is not a regular file", field="voices")
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidRequestError(f"{what}: cannot read {path} ({exc.strerror})", field="voices") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidRequestError(f"{what}: {path} is over {MAX_FILE_BYTES} bytes", field="voices")
+    return data
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return _read_bytes(path, what).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"{what}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8", field="voices"
+        ) from None
+
+
 def _from_file(name: str, path: Path, text: str) -> ReferenceVoice:
     if not text.strip():
         raise InvalidRequestError(f"voice {name!r}: the transcript is empty", field="voices")
+    data = _read_bytes(path, f"voice {name!r}")
     try:
-        pcm, rate, channels = wav_to_pcm(path.read_bytes())
-    except (OSError, ValueError, EOFError) as exc:
+        pcm, rate, channels = wav_to_pcm(data)
+    except (ValueError, EOFError) as exc:
         raise InvalidRequestError(
             f"voice {name!r}: {path} is not a readable 16-bit PCM WAV file ({exc})", field="voices"
         ) from None
+    lo, hi = REFERENCE_RATES
+    if not lo <= rate <= hi or channels < 1:
+        raise InvalidRequestError(
+            f"voice {name!r}: {path.name} is {rate} Hz with {channels} channel(s); a reference must be "
+            f"{lo}-{hi} Hz with at least one channel",
+            field="voices",
+        )
     samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % (2 * channels)], "<i2")
     if channels > 1:  # downmix to mono
         samples = samples.reshape(-1, channels).mean(axis=1).round().astype("<i2")
@@ -168,6 +209,6 @@ def _from_file(name: str, path: Path, text: str) -> ReferenceVoice:
             f"{MIN_REFERENCE_S:.0f}-{MAX_REFERENCE_S:.0f} s",
             field="voices",
         )
-    mono = resample(samples.tobytes(), rate, REFERENCE_RATE)
+    mono = resample_buffer(samples.tobytes(), rate, REFERENCE_RATE)
     uri = "data:audio/wav;base64," + base64.b64encode(pcm_to_wav(mono, REFERENCE_RATE)).decode()
     return ReferenceVoice(name, uri, text.strip(), round(duration, 3))

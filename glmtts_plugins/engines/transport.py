@@ -17,7 +17,15 @@ from ..errors import (
     TruncatedStreamError,
 )
 
-__all__ = ["Attempt", "BearerAuth", "ConnectionInfo", "Secret", "check_base_url", "translate_errors"]
+__all__ = [
+    "Attempt",
+    "BearerAuth",
+    "ConnectionInfo",
+    "Secret",
+    "check_base_url",
+    "reap_orphans",
+    "translate_errors",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +50,7 @@ class Attempt:
     linger until garbage collection), so :meth:`abandon` closes it.
     """
 
-    __slots__ = ("_raw", "acquire_time", "phase", "reused", "started")
+    __slots__ = ("_raw", "acquire_time", "note", "phase", "reused", "started")
 
     def __init__(self) -> None:
         self.phase = "first byte"  # until httpcore reports a connect (a transport that does not trace)
@@ -50,6 +58,7 @@ class Attempt:
         self.acquire_time: float | None = None
         self.started = time.perf_counter()
         self._raw: object = None
+        self.note = ""  # said after the phase when a timeout hits
 
     async def trace(self, name: str, info: dict) -> None:
         if name.endswith(".connect_tcp.complete"):
@@ -83,6 +92,35 @@ class Attempt:
         if self.acquire_time is None:
             return None
         return ConnectionInfo(self.reused, self.acquire_time)
+
+
+async def reap_orphans(client: httpx.AsyncClient, attempt: Attempt) -> None:
+    """After an attempt that ended by an error or a cancellation: repair what a cancellation inside
+    httpcore can leave in the pool, so no connection (and no socket) is held for ever.
+
+    httpcore 1.0's close and acquire paths have checkpoints that asyncio's cancellation can hit (its
+    shields are anyio's): a response close interrupted there leaves its connection ACTIVE with a stale
+    request in the pool's queue, and a request cancelled between being given a new connection and
+    connecting leaves that connection NEW. Neither is ever reused or expired. So this attempt's request
+    (found by its trace hook) is dropped from the queue, and every connection that no queued request
+    holds and that is neither idle nor closed is removed and closed. Pools of other transports are left
+    alone.
+    """
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    try:
+        with pool._optional_thread_lock:  # type: ignore[union-attr]
+            requests = pool._requests  # type: ignore[union-attr]
+            requests[:] = [r for r in requests if r.request.extensions.get("trace") != attempt.trace]
+            held = {id(r.connection) for r in requests if r.connection is not None}
+            connections = pool._connections  # type: ignore[union-attr]
+            orphans = [c for c in connections if id(c) not in held and not (c.is_idle() or c.is_closed())]
+            for connection in orphans:
+                connections.remove(connection)
+    except AttributeError:  # not an httpcore pool, or a version with other internals
+        return
+    for connection in orphans:
+        with contextlib.suppress(Exception):
+            await connection.aclose()
 
 
 def check_base_url(value: object) -> str:
@@ -152,7 +190,7 @@ class translate_errors:
             return False
         phase = self.attempt.phase
         if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            message = f"{phase} timeout from {self.url}"
+            message = f"{phase} timeout from {self.url}{self.attempt.note}"
             raise APITimeoutError(message, request_id=self.request_id) from None
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and phase == "read":
             raise TruncatedStreamError(

@@ -1,5 +1,9 @@
-"""A local server that speaks the GLM-TTS cloud protocol from any engine, with fault injection.
+"""A local server that speaks the GLM-TTS cloud protocol (and vLLM-Omni's) from any engine, with fault
+injection, bounded memory and connection limits.
 
+Layout: ``handler`` runs every request's shared steps over one small module per API (``cloud_api``,
+``vllm_api``); ``responses`` streams the audio, ``records`` keeps the bounded request log, ``streams``
+closes engine streams, ``limits`` bounds connections, ``runner`` serves in a thread or the foreground.
 Needs the ``server`` extra (Starlette and uvicorn).
 """
 

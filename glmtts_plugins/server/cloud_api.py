@@ -28,8 +28,9 @@ __all__ = ["CLOUD_PATH", "MAX_BODY_BYTES", "CloudAPI"]
 CLOUD_PATH = urlsplit(DEFAULT_BASE_URL).path + "/audio/speech"
 MAX_BODY_BYTES = 64 * 1024
 FORMATS = ("pcm", "wav")
-#: business code for an error given only an HTTP status (434: no permission for this API)
-_CODE_FOR_STATUS = {401: "1002", 429: "1302", 434: "1220"}
+#: business code for an error given only an HTTP status; the reference documents none for 434 ("no
+#: permission for this API"), so that error carries its status and message only
+_CODE_FOR_STATUS: dict[int, str | None] = {401: "1002", 429: "1302", 434: None}
 
 
 class CloudAPI(SpeechAPI):
@@ -44,10 +45,12 @@ class CloudAPI(SpeechAPI):
             return Problem(401, "Authorization Token非法，请确认Authorization Token正确传递。", code="1002")
         return None
 
-    def error_body(self, problem: Problem) -> tuple[str, dict[str, Any]]:
+    def error_body(self, problem: Problem) -> tuple[str | None, dict[str, Any]]:
         status = problem.status
-        code = problem.code or _CODE_FOR_STATUS.get(status, "500" if status >= 500 else "1210")
-        return code, {"error": {"code": code, "message": problem.message}}
+        default = "500" if status >= 500 else "1210"
+        code = problem.code or _CODE_FOR_STATUS.get(status, default)
+        error = {"message": problem.message} if code is None else {"code": code, "message": problem.message}
+        return code, {"error": error}
 
     def check(self, body: object, state: ServerState) -> tuple[dict, Problem | None]:
         if not isinstance(body, dict):

@@ -8,6 +8,7 @@ Every way out ends the request's record; none leaves it ``running``.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import hmac
 import json
@@ -68,31 +69,32 @@ class ServerState:
         return self.log.fault_counts
 
 
-class SpeechAPI:
+class SpeechAPI(abc.ABC):
     """What one speech API does differently: path, body limit, authentication, validation, error shape,
     and how the audio is produced. :func:`handle` runs the shared steps around these."""
 
     path: ClassVar[str]
     max_body_bytes: ClassVar[int]
 
+    @abc.abstractmethod
     def authenticate(self, authorization: str, tokens: frozenset[str] | None) -> Problem | None:
-        raise NotImplementedError
+        """The problem with the ``Authorization`` header, or None when the request may proceed."""
 
-    def error_body(self, problem: Problem) -> tuple[str, dict[str, Any]]:
+    @abc.abstractmethod
+    def error_body(self, problem: Problem) -> tuple[str | None, dict[str, Any]]:
         """``(code for the record, JSON body)`` of the API's error reply."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def check(self, body: object, state: ServerState) -> tuple[dict, Problem | None]:
         """``(what the record keeps of the body, the first problem or None)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def injected(self, status: int, code: str) -> Problem:
         """The reply to an injected ``status=``/``code=`` fault."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def reply(self, body: dict, state: ServerState, faults: Faults, rec: RequestRecord) -> Response:
         """Produce the audio for a valid request: a streaming response, or :func:`whole`."""
-        raise NotImplementedError
 
 
 def bearer_token(authorization: str) -> bytes:

@@ -48,7 +48,7 @@ class VllmAPI(SpeechAPI):
             return Problem(401, "missing or invalid bearer token in the Authorization header")
         return None
 
-    def error_body(self, problem: Problem) -> tuple[str, dict[str, Any]]:
+    def error_body(self, problem: Problem) -> tuple[str | None, dict[str, Any]]:
         status = problem.status
         error = {
             "message": problem.message,
@@ -64,7 +64,10 @@ class VllmAPI(SpeechAPI):
         ref_summary, ref_problem = _summarize_ref_audio(body.get("ref_audio"))
         kept = {**body, "ref_audio": ref_summary} if "ref_audio" in body else dict(body)
         problem = _check_body(body, ref_problem)
-        return kept, problem and Problem(400, problem[1], param=problem[0])
+        if problem is None:
+            return kept, None
+        param, message = problem
+        return kept, Problem(400, message, param=param)
 
     def injected(self, status: int, code: str) -> Problem:
         return Problem(status, "injected failure" + (f" (code {code})" if code else ""))
