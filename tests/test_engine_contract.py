@@ -207,3 +207,17 @@ async def test_speak_timeout_reaches_a_users_engine_through_as_engine() -> None:
         async with asyncio.timeout(5):
             async for _ in synth.speak("你好。", timeout=0.2):
                 pass
+
+
+async def test_closing_the_engine_mid_request_never_surfaces_httpx_runtime_error() -> None:
+    import asyncio
+
+    from .conftest import served
+
+    async with served(faults="first_byte_ms=300") as (_, cloud):
+        task = asyncio.create_task(cloud.synthesize("你好。"))
+        await asyncio.sleep(0.1)
+        await cloud.aclose()
+        with pytest.raises(GLMTTSError) as info:
+            await task
+    assert not isinstance(info.value, RuntimeError)
