@@ -24,7 +24,16 @@ from glmtts_plugins.testing import ToneEngine
 from .conftest import API_KEY
 
 VOICES = {"v": {"audio_url": "https://example.invalid/v.wav", "text": "参考。"}}
-BAD_URLS = ["localhost:8000", "http://", "ftp://host/x", "http://[::1", "http://h:99999", "http:///x", " "]
+BAD_URLS = [
+    "localhost:8000",
+    "http://",
+    "ftp://host/x",
+    "http://[::1",
+    "http://h:99999",
+    "http:///x",
+    " ",
+    "https://user:s3cret-pw@host/v4",
+]
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
@@ -36,7 +45,7 @@ def test_a_malformed_base_url_fails_at_construction_naming_the_field(url: str) -
         with pytest.raises(InvalidRequestError) as info:
             make()
         assert info.value.field == "base_url" and isinstance(info.value, ValueError)
-        assert not info.value.retryable
+        assert not info.value.retryable and "s3cret-pw" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -207,3 +216,17 @@ async def test_speak_timeout_reaches_a_users_engine_through_as_engine() -> None:
         async with asyncio.timeout(5):
             async for _ in synth.speak("你好。", timeout=0.2):
                 pass
+
+
+async def test_closing_the_engine_mid_request_never_surfaces_httpx_runtime_error() -> None:
+    import asyncio
+
+    from .conftest import served
+
+    async with served(faults="first_byte_ms=300") as (_, cloud):
+        task = asyncio.create_task(cloud.synthesize("你好。"))
+        await asyncio.sleep(0.1)
+        await cloud.aclose()
+        with pytest.raises(GLMTTSError) as info:
+            await task
+    assert not isinstance(info.value, RuntimeError)

@@ -296,6 +296,7 @@ class HTTPEngine(BaseEngine):
     async def _open(self, body: dict, deadline: float, attempt: Attempt) -> httpx.Response:
         """Send the request and wait for the response head, within the attempt's deadline; an error
         status (or a JSON body) raises the engine's error for it."""
+        self._check_open()  # also for a retry after the engine was closed mid-request
         async with translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
             # httpx's read timeout must not cut short a request timeout longer than first_byte_timeout.
             c, r = self._connect_timeout, max(deadline - asyncio.get_running_loop().time(), self.read_timeout)

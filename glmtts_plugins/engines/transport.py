@@ -4,6 +4,7 @@ attempt through httpcore's ``trace`` extension, and translating transport failur
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 
@@ -124,21 +125,26 @@ async def reap_orphans(client: httpx.AsyncClient, attempt: Attempt) -> None:
 
 
 def check_base_url(value: object) -> str:
-    """``value`` without a trailing slash if it is an absolute http(s) URL with a host and a valid port;
-    else :class:`InvalidRequestError` naming ``base_url`` (never a retryable connection error later)."""
+    """``value`` without a trailing slash if it is an absolute http(s) URL with a host, a valid port and no
+    credentials; else :class:`InvalidRequestError` naming ``base_url`` (never a retryable connection error
+    later). A password in the URL is never repeated in the message."""
     hint = "an absolute http:// or https:// URL such as https://open.bigmodel.cn/api/paas/v4"
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequestError(f"base_url must be {hint}, got {value!r}", field="base_url")
+    shown = repr(re.sub(r"//[^/@]*@", "//***@", value))
     try:
         url = httpx.URL(value)
     except httpx.InvalidURL as exc:
         raise InvalidRequestError(
-            f"base_url {value!r} does not parse ({exc}); use {hint}", field="base_url"
+            f"base_url {shown} does not parse ({exc}); use {hint}", field="base_url"
         ) from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidRequestError(f"base_url {value!r} lacks a scheme or host; use {hint}", field="base_url")
+        raise InvalidRequestError(f"base_url {shown} lacks a scheme or host; use {hint}", field="base_url")
     if url.port is not None and not 0 < url.port < 65536:
-        raise InvalidRequestError(f"base_url {value!r}: port must be 1-65535", field="base_url")
+        raise InvalidRequestError(f"base_url {shown}: port must be 1-65535", field="base_url")
+    if url.userinfo:
+        message = f"base_url {shown} carries credentials: pass the key as api_key instead"
+        raise InvalidRequestError(message, field="base_url")
     return value.rstrip("/")
 
 
