@@ -160,3 +160,12 @@ def test_without_pyav_the_error_is_one_line_naming_the_extra(monkeypatch: pytest
     with pytest.raises(ImportError, match=r"glmtts-plugins\[opus\]"):
         Synthesizer(ToneEngine(), encoding="opus", frame_ms=20)  # at construction, before any request
     Synthesizer(ToneEngine(), encoding="mulaw", sample_rate=8000)  # everything else works without it
+
+
+@pytest.mark.parametrize(("rate", "frame_ms"), [(24000.0, 60), (24000, 60.0), (True, 20)])
+def test_opus_refuses_non_integer_settings_naming_the_field(rate, frame_ms) -> None:
+    from glmtts_plugins import InvalidRequestError
+    from glmtts_plugins.audio import OpusEncoder
+
+    with pytest.raises(InvalidRequestError):
+        OpusEncoder(rate, frame_ms)

@@ -45,7 +45,7 @@ def _av() -> Any:
 
 
 def _check_rate(sample_rate: object) -> int:
-    if sample_rate not in OPUS_RATES or isinstance(sample_rate, bool):
+    if type(sample_rate) is not int or sample_rate not in OPUS_RATES:
         allowed = ", ".join(map(str, OPUS_RATES))
         raise InvalidRequestError(
             f"sample_rate for Opus must be one of {allowed}; got {sample_rate!r}", field="sample_rate"
@@ -71,7 +71,7 @@ class OpusEncoder:
     ) -> None:
         self._av = _av()
         self.sample_rate = _check_rate(sample_rate)
-        if frame_ms not in OPUS_FRAME_MS or isinstance(frame_ms, bool):
+        if type(frame_ms) is not int or frame_ms not in OPUS_FRAME_MS:
             allowed = ", ".join(map(str, OPUS_FRAME_MS))
             raise InvalidRequestError(
                 f"frame_ms for Opus must be one of {allowed}; got {frame_ms!r}", field="frame_ms"

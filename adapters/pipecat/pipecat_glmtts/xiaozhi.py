@@ -269,9 +269,11 @@ async def accept_device(
         protocol_version=_version(header_version) or _version(hello.get("version")) or 1,
         device_id=device_id,
         client_id=client_id,
-        device_sample_rate=device_rate if device_rate in (8000, 12000, 16000, 24000, 48000) else 16000,
+        device_sample_rate=device_rate
+        if type(device_rate) is int and device_rate in (8000, 12000, 16000, 24000, 48000)
+        else 16000,
         sample_rate=sample_rate,
-        frame_ms=frame_ms if frame_ms in DEVICE_FRAME_MS else 60,
+        frame_ms=frame_ms if type(frame_ms) is int and frame_ms in DEVICE_FRAME_MS else 60,
         features=hello.get("features") if isinstance(hello.get("features"), dict) else {},
     )
     await websocket.send_text(json.dumps(session.server_hello()))
