@@ -471,3 +471,79 @@ async def test_the_speaker_shows_what_was_heard_and_orders_a_reply() -> None:
     assert len(packets) == 9 and all(isinstance(p, XiaozhiPacket) for p in packets)  # ceil(500 / 60)
     assert [p.timestamp_ms for p in packets] == [60 * i for i in range(9)]
     assert sent[-1] == {"type": "tts", "state": "stop"}
+
+
+@pytest.mark.parametrize("mode", ["streamed turn (default)", "SENTENCE"])
+async def test_each_sentence_start_carries_the_text_of_the_audio_after_it(mode: str) -> None:
+    """The real GLM-TTS service into the speaker: in the default mode each core piece, in SENTENCE mode
+    each of Pipecat's sentences, is announced with exactly its text before its first packet, and the
+    packets up to the next announcement are exactly that text's audio (whole 60 ms frames)."""
+    from pipecat.frames.frames import (
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+        OutputTransportMessageUrgentFrame,
+    )
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.services.tts_service import TextAggregationMode
+    from pipecat.tests.utils import SleepFrame, run_test
+    from pipecat_glmtts import GLMHttpTTSService
+    from pipecat_glmtts.xiaozhi import XiaozhiPacket, XiaozhiSession, XiaozhiSpeaker
+
+    from glmtts_plugins.testing import ToneEngine
+
+    class Recording(ToneEngine):
+        def __init__(self) -> None:
+            super().__init__(ms_per_char=30, gap_s=0.005)
+            self.texts: list[str] = []
+
+        async def _stream(self, text: str, **kw: object):  # type: ignore[no-untyped-def, override]
+            self.texts.append(text)
+            async for chunk in super()._stream(text, **kw):  # type: ignore[arg-type]
+                yield chunk
+
+    reply = "好的，我在听。今天天气晴，适合散步。没问题，闹钟设好了。"
+    engine = Recording()
+    sentence_mode = TextAggregationMode.SENTENCE if mode == "SENTENCE" else None
+    tts = GLMHttpTTSService(engine=engine, text_aggregation_mode=sentence_mode)
+    session = XiaozhiSession(None, "s", 1, None, None, 16000, 24000, FRAME_MS)  # type: ignore[arg-type]
+    tokens = [reply[i : i + 3] for i in range(0, len(reply), 3)]
+    frames = [LLMFullResponseStartFrame()]
+    for t in tokens:
+        frames += [LLMTextFrame(t), SleepFrame(0.01)]
+    frames += [LLMFullResponseEndFrame(), SleepFrame(len(reply) * 0.03 + 1.5)]  # played out by then
+    down, _ = await run_test(
+        Pipeline([tts, XiaozhiSpeaker(session, prebuffer_ms=60)]),
+        frames_to_send=frames,
+        expected_down_frames=None,
+        pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+    )
+    sent = [f.message for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
+    assert sent[0] == {"type": "tts", "state": "start"} and sent[-1] == {"type": "tts", "state": "stop"}
+    said: list[str] = []
+    packets: list[int] = []
+    for m in sent[1:-1]:
+        if isinstance(m, XiaozhiPacket):
+            packets[-1] += 1
+        else:
+            assert m["state"] == "sentence_start", m
+            said.append(m["text"])
+            packets.append(0)
+    assert "".join(said) == reply and len(said) >= 2
+    requested = [t.strip() for t in engine.texts]
+    if sentence_mode is None:
+        assert said == requested  # one announcement per core piece, in order
+    # the audio after each announcement is its text's, to the request: group the requests per text
+    per_text: list[int] = []
+    i = 0
+    for text in said:
+        got = ""
+        samples_ = 0
+        while got != text:
+            got += requested[i]
+            samples_ += len(engine.pcm(engine.texts[i])) // 2
+            i += 1
+        per_text.append(-(-samples_ // (24000 * FRAME_MS // 1000)))
+    assert i == len(requested)
+    assert packets == per_text, (said, packets, per_text)

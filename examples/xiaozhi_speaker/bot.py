@@ -38,7 +38,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.services.tts_service import TextAggregationMode
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pipecat.workers.runner import WorkerRunner
 from pipecat_glmtts import GLMHttpTTSService
@@ -129,17 +128,12 @@ def _cycle(items: tuple[str, ...]) -> Iterator[str]:
 
 
 def build_tts(config: BotConfig, local_url: str | None, local_token: str | None) -> GLMHttpTTSService:
-    """GLM-TTS in sentence mode: ``XiaozhiSpeaker`` announces each sentence (``sentence_start``) from the
-    sentence text the service emits before that sentence's audio, which the streamed-turn default does not."""
     settings = GLMHttpTTSService.Settings(voice=config.voice)
-    mode = TextAggregationMode.SENTENCE
     if config.tts_base_url or not config.real:
         base_url = config.tts_base_url or local_url
         key = config.tts_api_key or local_token or config.zai_api_key
-        return GLMHttpTTSService(
-            api_key=key, base_url=base_url, settings=settings, text_aggregation_mode=mode
-        )
-    return GLMHttpTTSService(api_key=config.zai_api_key, settings=settings, text_aggregation_mode=mode)
+        return GLMHttpTTSService(api_key=key, base_url=base_url, settings=settings)
+    return GLMHttpTTSService(api_key=config.zai_api_key, settings=settings)
 
 
 def build_stt(config: BotConfig) -> FrameProcessor:

@@ -4,8 +4,10 @@ The core does the work; this service translates. By default each LLM turn is one
 (:meth:`glmtts_plugins.Synthesizer.speak_stream`): the tokens go to the core's segmenter as they arrive,
 the first request leaves at the first natural clause, ``prefetch`` pieces are requested ahead of the one
 playing, and the audio is appended to the turn's audio context from a background task (as Pipecat's
-WebSocket services deliver theirs), each piece followed by a ``TTSTextFrame`` of exactly its text, so an
-interrupted turn leaves in the assistant context only the pieces that were played. A ``TTSSpeakFrame`` (a
+WebSocket services deliver theirs), each piece announced before its first audio by an ``AggregatedTextFrame``
+of its text (``will_be_spoken``, not for the context: what SENTENCE mode announces per sentence) and followed
+by a ``TTSTextFrame`` of exactly its text, so an interrupted turn leaves in the assistant context only the
+pieces that were played. A ``TTSSpeakFrame`` (a
 whole text known in advance) is one :meth:`~glmtts_plugins.Synthesizer.speak` request, yielded inline.
 ``text_aggregation_mode=TextAggregationMode.SENTENCE`` keeps the older behaviour: Pipecat cuts sentences
 and each is one request, strictly one after another.
@@ -21,6 +23,7 @@ from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import (
+    AggregatedTextFrame,
     CancelFrame,
     EndFrame,
     ErrorFrame,
@@ -438,11 +441,17 @@ class GLMHttpTTSService(TTSService):
         return text if is_speakable(text) else ""
 
     async def _push_sequencer_frames(self, frames: list[Frame], context_id: str | None) -> None:
-        # In token mode Pipecat's sequencer regroups tokens into its own sentences and pushes a
-        # TTSTextFrame for each when it is cut, before its audio; this service pushes one per core
-        # piece after that piece's audio instead, so the sequencer's are dropped.
+        # In token mode Pipecat's sequencer regroups tokens into its own sentences and pushes, for each
+        # when it is cut, an announcement (AggregatedTextFrame) and a TTSTextFrame, at no set place
+        # relative to the audio; this service announces each core piece before its first audio and gives
+        # its TTSTextFrame after it instead, so the sequencer's are dropped (skipped text passes on).
         if self._streaming:
-            frames = [f for f in frames if not isinstance(f, TTSTextFrame)]
+            frames = [
+                f
+                for f in frames
+                if not isinstance(f, TTSTextFrame)
+                and not (isinstance(f, AggregatedTextFrame) and f.will_be_spoken and not f.skip_tts)
+            ]
         await super()._push_sequencer_frames(frames, context_id)  # type: ignore[misc]
 
     async def tts_process_generator(
@@ -499,13 +508,15 @@ class GLMHttpTTSService(TTSService):
             yield await self._error_frame(exc)
             return
         self._utterances[context_id] = utt
-        emitted, said = [0], [""]
+        emitted, said, announced = [0], [""], [-1]
         counted = False
         try:
             async for frame in utt:
                 if self._streaming:
                     for text_frame in self._text_frames(utt, frame.segment_index, emitted, said, context_id):
                         yield text_frame
+                    if (announce := self._announcement(frame, announced, context_id)) is not None:
+                        yield announce
                 if not counted:
                     counted = True
                     await self.start_tts_usage_metrics(text)
@@ -521,15 +532,17 @@ class GLMHttpTTSService(TTSService):
             await utt.cancel()
 
     async def _deliver(self, turn: Turn) -> None:
-        """A streamed turn's task: its audio and, after each piece's audio, that piece's text frame."""
+        """A streamed turn's task: its audio, each piece announced before it and its text frame after it."""
         ctx, utt = turn.context_id, turn.utterance
-        emitted, said = [0], [""]
+        emitted, said, announced = [0], [""], [-1]
         counted = False
         try:
             try:
                 async for frame in utt:
                     for text_frame in self._text_frames(utt, frame.segment_index, emitted, said, ctx):
                         await self.append_to_audio_context(ctx, text_frame)
+                    if (announce := self._announcement(frame, announced, ctx)) is not None:
+                        await self.append_to_audio_context(ctx, announce)
                     if not counted:
                         counted = True
                         self._usage_ok()
@@ -546,6 +559,21 @@ class GLMHttpTTSService(TTSService):
             await utt.cancel()
             if self._turns.get(ctx) is turn:
                 del self._turns[ctx]
+
+    @staticmethod
+    def _announcement(
+        frame: SpeechFrame, announced: list[int], context_id: str
+    ) -> AggregatedTextFrame | None:
+        """Before a piece's first audio: the frame announcing its text (to be spoken, not for the context;
+        what Pipecat pushes before each sentence in SENTENCE mode), or None within a piece."""
+        if frame.segment_index <= announced[0]:
+            return None
+        announced[0] = frame.segment_index
+        announce = AggregatedTextFrame(frame.segment_text, TextType.SENTENCE)
+        announce.will_be_spoken = True
+        announce.append_to_context = False
+        announce.context_id = context_id
+        return announce
 
     def _text_frames(
         self, utt: Utterance, upto: int, emitted: list[int], said: list[str], context_id: str

@@ -25,7 +25,9 @@ Where the work happens, and why:
   the sentence texts. So the speaker encodes each reply with its own core ``OpusEncoder`` (a fresh one
   per reply, each sentence's last frame padded to a whole frame), paces it with the core's
   :func:`~glmtts_plugins.pace` (``prebuffer_ms``, 300 by default) and sends ``tts start``,
-  ``sentence_start`` (before each sentence's first packet), the packets and ``tts stop`` in order as
+  ``sentence_start`` (before each sentence's first packet, with the text of the ``AggregatedTextFrame``
+  the service announces it with: each core piece of a streamed turn, or each of Pipecat's sentences in
+  ``SENTENCE`` mode), the packets and ``tts stop`` in order as
   urgent transport messages. The PCM still flows on to the output transport, whose serializer drops it,
   so Pipecat's bot-speaking events keep their real-time meaning. On an interruption it cancels the
   sender (nothing more of that reply is sent), sends ``tts stop`` and ignores late audio of that reply;
@@ -63,6 +65,7 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
     UserSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -632,7 +635,11 @@ class XiaozhiSpeaker(FrameProcessor):
             return
         if isinstance(frame, TTSStartedFrame):
             self._begin(context_id)
-        elif isinstance(frame, AggregatedTextFrame) and frame.will_be_spoken:
+        elif (
+            isinstance(frame, AggregatedTextFrame)
+            and frame.will_be_spoken
+            and not isinstance(frame, TTSTextFrame)
+        ):  # a sentence/piece announced before its audio; a TTSTextFrame comes after it
             reply = self._begin(context_id)
             reply.sentence(frame.text)
         elif isinstance(frame, TTSAudioRawFrame):
