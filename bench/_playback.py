@@ -7,6 +7,8 @@ import random
 import time
 from collections.abc import AsyncIterator
 
+from glmtts_plugins.testing import llm_tokens
+
 __all__ = ["Listener", "llm"]
 
 
@@ -32,9 +34,6 @@ class Listener:
 
 
 async def llm(text: str, rng: random.Random, token_ms: float) -> AsyncIterator[str]:
-    i = 0
-    while i < len(text):
-        n = rng.randint(1, 4)
-        yield text[i : i + n]
-        i += n
+    for token in llm_tokens(text, rng):
+        yield token
         await asyncio.sleep(token_ms / 1000)

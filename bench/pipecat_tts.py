@@ -59,7 +59,7 @@ from pipecat_glmtts import GLMHttpTTSService
 
 from glmtts_plugins import CloudEngine, RetryPolicy
 from glmtts_plugins.server import LocalServer
-from glmtts_plugins.testing import ToneEngine
+from glmtts_plugins.testing import ToneEngine, llm_tokens
 
 from ._playback import Listener
 from ._server import server_process
@@ -131,11 +131,8 @@ class Ear(FrameProcessor):
 
 def reply_frames(text: str, rng: random.Random, token_ms: float) -> list[Frame]:
     frames: list[Frame] = [LLMFullResponseStartFrame()]
-    i = 0
-    while i < len(text):
-        n = rng.randint(1, 4)
-        frames += [LLMTextFrame(text[i : i + n]), SleepFrame(token_ms / 1000)]
-        i += n
+    for token in llm_tokens(text, rng):
+        frames += [LLMTextFrame(token), SleepFrame(token_ms / 1000)]
     return [*frames, LLMFullResponseEndFrame()]
 
 

@@ -25,18 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from glmtts_plugins.testing import llm_tokens
 from glmtts_plugins.text import Segmenter
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
-
-
-def tokenize(text: str, rng: random.Random) -> list[str]:
-    out, i = [], 0
-    while i < len(text):
-        n = rng.randint(1, 4)
-        out.append(text[i : i + n])
-        i += n
-    return out
 
 
 async def ours(tokens: list[str]) -> tuple[int | None, int]:
@@ -106,7 +98,7 @@ async def main() -> None:
     for seed in range(args.runs):
         rng = random.Random(seed)
         for text in replies:
-            tokens = tokenize(text, rng)
+            tokens = llm_tokens(text, rng)
             for name, fn in SPLITTERS.items():
                 first, n = await fn(tokens)
                 if first is None:

@@ -40,6 +40,7 @@ import psutil
 
 from glmtts_plugins import CloudEngine, GLMTTSError, Synthesizer
 from glmtts_plugins.errors import APITimeoutError, InvalidRequestError, TruncatedStreamError
+from glmtts_plugins.testing import llm_tokens
 
 from ._server import TOKEN
 
@@ -63,15 +64,6 @@ def replies() -> list[str]:
     if CORPUS.exists():
         return [json.loads(line)["text"] for line in CORPUS.read_text("utf-8").splitlines() if line.strip()]
     return ["您好，这里是星河银行信用卡中心。请问有什么可以帮您？今天天气很好。"]  # pragma: no cover
-
-
-def tokens(text: str, rng: random.Random) -> list[str]:
-    out, i = [], 0
-    while i < len(text):
-        n = rng.randint(1, 4)
-        out.append(text[i : i + n])
-        i += n
-    return out
 
 
 # -- the server, in its own process -------------------------------------------------------------------
@@ -192,7 +184,7 @@ async def utterance(
     plan = rng.choice(MOMENTS) if rng.random() < args.cancel_share else None
     mid_after = rng.randint(1, 40)
     st.utterances += 1
-    utt = synth.speak_stream(tokens(text, rng), **({} if timeout is None else {"timeout": timeout}))
+    utt = synth.speak_stream(llm_tokens(text, rng), **({} if timeout is None else {"timeout": timeout}))
     per_segment: dict[int, int] = {}
     state = {"returned": False, "frames": 0, "canceller": None}
     error: BaseException | None = None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 
 import numpy as np
 
 from .engines.base import SAMPLE_RATE, BaseEngine
 
-__all__ = ["ToneEngine"]
+__all__ = ["ToneEngine", "llm_tokens"]
 
 
 class ToneEngine(BaseEngine):
@@ -44,3 +45,13 @@ class ToneEngine(BaseEngine):
             if self.gap_s and start:
                 await asyncio.sleep(self.gap_s)
             yield pcm[start : start + self.chunk_bytes]
+
+
+def llm_tokens(text: str, rng: random.Random) -> list[str]:
+    """``text`` cut as an LLM streams it: tokens of 1-4 characters, sizes drawn from ``rng``."""
+    out, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 4)
+        out.append(text[i : i + n])
+        i += n
+    return out

@@ -24,10 +24,11 @@ from livekit.plugins import glmtts
 
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
+from glmtts_plugins.testing import llm_tokens as split_tokens
 
 from ._livekit import StalledEndpoint, assert_pushed_audio
 from .conftest import API_KEY
-from .test_livekit_plugin import pieces_of, tokenize
+from .test_livekit_plugin import pieces_of
 
 TEXT = (
     "您好，这里是星河银行信用卡中心。您本期账单金额是三千二百六十八元五角，最后还款日是十二月八日。"
@@ -46,7 +47,7 @@ class Events:
 
 
 async def llm_tokens(text: str, per_second: float) -> AsyncIterator[str]:
-    for token in tokenize(text, random.Random(3)):
+    for token in split_tokens(text, random.Random(3)):
         yield token
         await asyncio.sleep(1 / per_second)
 
@@ -80,7 +81,7 @@ async def test_stream_one_segment_frames_and_one_metrics_event() -> None:
         tts_v = glmtts.TTS(api_key=API_KEY, base_url=srv.base_url)
         tts_v.prewarm()
         events = Events(tts_v)
-        tokens = tokenize(TEXT, random.Random(3))
+        tokens = split_tokens(TEXT, random.Random(3))
         async with tts_v.stream(conn_options=APIConnectOptions(max_retry=3, timeout=5)) as stream:
 
             async def push() -> None:

@@ -19,7 +19,7 @@ from livekit.plugins import glmtts
 from glmtts_plugins import CloudEngine, InvalidRequestError
 from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
-from glmtts_plugins.testing import ToneEngine
+from glmtts_plugins.testing import ToneEngine, llm_tokens
 from glmtts_plugins.text import Segmenter
 
 from ._livekit import HeadCounter, assert_pushed_audio, start_roomless
@@ -59,15 +59,6 @@ def pieces_of(text: str, tokens: list[str]) -> list[str]:
     seg = Segmenter()
     out = [p for t in tokens for p in seg.push(t)]
     return out + seg.flush()
-
-
-def tokenize(text: str, rng: random.Random) -> list[str]:
-    out, i = [], 0
-    while i < len(text):
-        n = rng.randint(1, 4)
-        out.append(text[i : i + n])
-        i += n
-    return out
 
 
 async def drain(stream: object) -> list[rtc.AudioFrame]:
@@ -207,7 +198,7 @@ async def test_stream_sends_one_request_per_segment_in_order_first_at_the_first_
     with LocalServer(ToneEngine(ms_per_char=2), tokens=[API_KEY]) as srv:
         async with plugin(srv) as tts:
             for text in replies():
-                tokens = tokenize(text, rng)
+                tokens = llm_tokens(text, rng)
                 expected = pieces_of(text, tokens)
                 seg = Segmenter()
                 decided = next((i + 1 for i, tok in enumerate(tokens) if seg.push(tok)), len(tokens))
@@ -247,7 +238,7 @@ async def test_random_interruptions_push_nothing_afterwards_and_disconnect() -> 
         async with plugin(srv) as tts:
             for run in range(50):
                 stream = tts.stream()
-                for tok in tokenize(rng.choice(texts[:20]), rng):
+                for tok in llm_tokens(rng.choice(texts[:20]), rng):
                     stream.push_text(tok)
                 stream.end_input()
                 closed, after = asyncio.Event(), []

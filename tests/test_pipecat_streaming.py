@@ -38,22 +38,13 @@ from pipecat_glmtts import GLMHttpTTSService
 
 from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
-from glmtts_plugins.testing import ToneEngine
+from glmtts_plugins.testing import ToneEngine, llm_tokens
 from glmtts_plugins.text import Segmenter
 
 from .conftest import API_KEY
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
 REPLIES = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
-
-
-def tokenize(text: str, rng: random.Random) -> list[str]:
-    out, i = [], 0
-    while i < len(text):
-        n = rng.randint(1, 4)
-        out.append(text[i : i + n])
-        i += n
-    return out
 
 
 def turn(tokens: list[str], gap_s: float = 0.0) -> list[Frame]:
@@ -113,7 +104,7 @@ async def test_every_corpus_reply_is_the_segmenters_pieces_prefetched_and_exact(
     rng = random.Random(rate)
     tone = ToneEngine(ms_per_char=150)  # ~ speech rate; the server streams it at twice real time
     replies = REPLIES[[8000, 16000, 24000].index(rate) :: 3]
-    turns = [tokenize(r, rng) for r in replies]
+    turns = [llm_tokens(r, rng) for r in replies]
     with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5;first_byte_ms=60") as srv:
         stamps = Stamps()
         frames: list[Frame] = []
@@ -153,7 +144,7 @@ async def test_every_corpus_reply_is_the_segmenters_pieces_prefetched_and_exact(
 async def test_text_frame_of_each_piece_follows_its_audio_with_its_exact_text() -> None:
     tone = ToneEngine()
     text = "Hello there, this is the Xinghe Bank card center. How can I help you today? Please tell me."
-    tokens = tokenize(text, random.Random(1))
+    tokens = llm_tokens(text, random.Random(1))
     with LocalServer(tone, tokens=[API_KEY]) as srv:
         down, _ = await run_test(service(srv), frames_to_send=turn(tokens), pipeline_params=params(16000))
         inputs = [r.body["input"] for r in srv.records]
@@ -187,7 +178,7 @@ async def test_the_assistant_context_keeps_the_reply_exactly(reply: str) -> None
     with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
         await run_test(
             Pipeline([service(srv), LLMAssistantAggregator(context)]),
-            frames_to_send=turn(tokenize(reply, random.Random(3))),
+            frames_to_send=turn(llm_tokens(reply, random.Random(3))),
             pipeline_params=params(16000),
         )
         assert len(srv.records) >= 2
@@ -203,7 +194,7 @@ async def test_random_interruptions_during_streamed_turns() -> None:
     frames: list[Frame] = []
     plans = []
     for i in range(cycles):
-        tokens = tokenize(REPLIES[i % len(REPLIES)], rng)
+        tokens = llm_tokens(REPLIES[i % len(REPLIES)], rng)
         k = rng.randint(1, len(tokens))  # tokens pushed before the barge-in
         wait = rng.choice([0.0, rng.uniform(0.0, 0.1), rng.uniform(0.1, 0.8)])
         interrupted = [LLMFullResponseStartFrame()]
@@ -214,7 +205,7 @@ async def test_random_interruptions_during_streamed_turns() -> None:
         interrupted += [LLMTextFrame(t) for t in tokens[k:]]  # still streaming in: dropped
         interrupted += [LLMFullResponseEndFrame(), SleepFrame(0.05)]
         clean = f"好的，第{i}次。"
-        frames += [*interrupted, *turn(tokenize(clean, rng)), SleepFrame(0.3)]
+        frames += [*interrupted, *turn(llm_tokens(clean, rng)), SleepFrame(0.3)]
         plans.append(clean)
     with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5;first_byte_ms=50") as srv:
         tts = service(srv)
@@ -255,7 +246,7 @@ async def test_random_interruptions_during_streamed_turns() -> None:
 async def test_a_failing_middle_piece_delivers_the_audio_before_it_then_the_error() -> None:
     tone = ToneEngine(chunk_bytes=960)
     reply = "您好，这里是星河银行信用卡中心。请问有什么可以帮您？我们今天有一个新的优惠活动，您想了解一下吗？"
-    tokens = tokenize(reply, random.Random(2))
+    tokens = llm_tokens(reply, random.Random(2))
     pieces = pieces_of(tokens)
     assert len(pieces) >= 2
     with LocalServer(tone, tokens=[API_KEY], faults=f"disconnect_after=3;when_input={pieces[1][:4]}") as srv:
@@ -276,8 +267,8 @@ async def test_turns_back_to_back_and_text_after_a_function_call_are_spoken_in_o
     """A reply, a second LLM response after a function call, and a TTSSpeakFrame: complete and in order."""
     tone = ToneEngine()
     rng = random.Random(9)
-    first = tokenize("我帮您查一下，请稍等。", rng)
-    second = tokenize("查到了：您本期账单是三千二百元，最后还款日是十二月八日。", rng)
+    first = llm_tokens("我帮您查一下，请稍等。", rng)
+    second = llm_tokens("查到了：您本期账单是三千二百元，最后还款日是十二月八日。", rng)
     with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
         down, up = await run_test(
             service(srv),
@@ -299,7 +290,7 @@ async def test_turns_back_to_back_and_text_after_a_function_call_are_spoken_in_o
 async def test_sentence_mode_still_works_as_before() -> None:
     tone = ToneEngine()
     reply = "您好，这里是星河银行信用卡中心。请问有什么可以帮您？"
-    tokens = tokenize(reply, random.Random(4))
+    tokens = llm_tokens(reply, random.Random(4))
     with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
         tts = service(srv, text_aggregation_mode=TextAggregationMode.SENTENCE)
         down, up = await run_test(tts, frames_to_send=turn(tokens, 0.01), pipeline_params=params(8000))
@@ -319,7 +310,7 @@ async def test_ttfb_and_usage_metrics_once_per_turn() -> None:
     replies = ["您好，这里是星河银行信用卡中心。请问有什么可以帮您？", "好的，我帮您查一下，请稍等。"]
     rng = random.Random(6)
     with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
-        frames = [f for r in replies for f in turn(tokenize(r, rng), 0.01)]
+        frames = [f for r in replies for f in turn(llm_tokens(r, rng), 0.01)]
         down, _ = await run_test(service(srv), frames_to_send=frames, pipeline_params=params(16000))
     data = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
     ttfb = [d for d in data if isinstance(d, TTFBMetricsData) and d.value > 0]
@@ -329,7 +320,7 @@ async def test_ttfb_and_usage_metrics_once_per_turn() -> None:
 
 
 async def test_prefetch_zero_is_one_request_at_a_time_and_bad_values_are_refused() -> None:
-    tokens = tokenize(REPLIES[0] + REPLIES[1], random.Random(8))
+    tokens = llm_tokens(REPLIES[0] + REPLIES[1], random.Random(8))
     with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=0.5") as srv:
         await run_test(service(srv, prefetch=0), frames_to_send=turn(tokens), pipeline_params=params(8000))
         records = sorted(srv.records, key=lambda r: r.started)
