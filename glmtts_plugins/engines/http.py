@@ -24,7 +24,9 @@ import httpx
 from ..audio.wav import wav_to_pcm
 from ..errors import EngineClosedError, GLMTTSError, InvalidRequestError, ServerError
 from ..text.limit import MAX_INPUT_CHARS, split_text
+from .aiohttp_transport import AiohttpTransport
 from .base import BaseEngine, check_timeout
+from .deadline import ReadDeadline
 from .transport import (
     Attempt,
     BearerAuth,
@@ -168,8 +170,8 @@ class HTTPEngine(BaseEngine):
         self._closed = False
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
+            transport=AiohttpTransport(),
             timeout=httpx.Timeout(connect=connect, read=max(first_byte, read), write=connect, pool=connect),
-            limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0),
             trust_env=False,
         )
 
@@ -293,13 +295,15 @@ class HTTPEngine(BaseEngine):
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    async def _open(self, body: dict, deadline: float, attempt: Attempt) -> httpx.Response:
+    async def _open(self, body: dict, deadline: float, attempt: Attempt, *, streamed: bool) -> httpx.Response:
         """Send the request and wait for the response head, within the attempt's deadline; an error
-        status (or a JSON body) raises the engine's error for it."""
+        status (or a JSON body) raises the engine's error for it. A streamed body's reads are bounded by
+        the stream's own :class:`ReadDeadline`, so the transport gets no read timeout to re-arm per read."""
         self._check_open()  # also for a retry after the engine was closed mid-request
         async with translate_errors(self.url, attempt), asyncio.timeout_at(deadline):
             # httpx's read timeout must not cut short a request timeout longer than first_byte_timeout.
-            c, r = self._connect_timeout, max(deadline - asyncio.get_running_loop().time(), self.read_timeout)
+            c = self._connect_timeout
+            r = None if streamed else max(deadline - asyncio.get_running_loop().time(), self.read_timeout)
             request = self._client.build_request(
                 "POST",
                 self.url,
@@ -340,42 +344,44 @@ class HTTPEngine(BaseEngine):
 
     async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
         """One streamed attempt: a deadline for the first audio (keep-alives do not extend it), then a
-        read deadline re-armed by each piece of audio; a sample split across reads is carried over."""
+        read deadline moved on by each piece of audio; a sample split across reads is carried over."""
         loop = asyncio.get_running_loop()
         attempt = Attempt()
         deadline = loop.time() + timeout
-        response = await self._open(body, deadline, attempt)
+        response = await self._open(body, deadline, attempt, streamed=True)
         request_id: str | None = response.headers.get("x-request-id")
         failed = True
         reads: AsyncIterator[bytes] | None = None
+        timer = ReadDeadline(deadline)
         try:
             _refuse_a_page(response, request_id, "an audio stream")
             decoder = self._decoder(response, request_id)
-            # aiter_bytes decodes a Content-Encoding we asked not to get.
-            reads = response.aiter_bytes()
+            reads = _body_reads(response, self._own_client)
             carry = b""
             started = audio_bytes = 0.0
             ended = False
-            while not (ended or decoder.finished):
-                async with translate_errors(self.url, attempt, request_id), asyncio.timeout_at(deadline):
-                    try:
-                        pcm = decoder.feed(await anext(reads))
-                    except StopAsyncIteration:
-                        pcm, ended = decoder.flush(), True
-                if pcm:
-                    if carry:
-                        pcm = carry + pcm
-                    cut = len(pcm) & ~1
-                    carry = pcm[cut:]
-                    if cut:
-                        now = loop.time()
-                        if attempt.phase != "read":
-                            attempt.phase, started = "read", now
-                        audio_bytes += cut
-                        deadline = self._next_deadline(attempt, now, started, audio_bytes)
-                        yield pcm[:cut] if carry else pcm
-                if decoder.error is not None:
-                    raise decoder.error
+            async with translate_errors(self.url, attempt, request_id):
+                while not (ended or decoder.finished):
+                    with timer:
+                        try:
+                            pcm = decoder.feed(await anext(reads))
+                        except StopAsyncIteration:
+                            pcm, ended = decoder.flush(), True
+                    if pcm:
+                        if carry:
+                            pcm = carry + pcm
+                        cut = len(pcm) & ~1
+                        carry = pcm[cut:]
+                        if cut:
+                            now = loop.time()
+                            if attempt.phase != "read":
+                                attempt.phase, started = "read", now
+                            audio_bytes += cut
+                            timer.when = self._next_deadline(attempt, now, started, audio_bytes)
+                            yield pcm[:cut] if carry else pcm
+                    if decoder.error is not None:
+                        raise decoder.error
+            timer.close()
             if carry:
                 # One rule for every engine: the stream ended cleanly inside a sample. The half sample
                 # cannot be played; the utterance is otherwise whole, so it is dropped, not an error.
@@ -389,6 +395,7 @@ class HTTPEngine(BaseEngine):
                             pass
             failed = False
         finally:
+            timer.close()
             if reads is not None:  # closed here rather than by the garbage collector's finalizer task
                 with contextlib.suppress(Exception):
                     await reads.aclose()  # type: ignore[attr-defined]
@@ -412,7 +419,7 @@ class HTTPEngine(BaseEngine):
         """Whole-WAV mode: one request, the WAV body checked for our rate and one channel."""
         loop = asyncio.get_running_loop()
         attempt = Attempt()
-        response = await self._open(body, loop.time() + timeout, attempt)
+        response = await self._open(body, loop.time() + timeout, attempt, streamed=False)
         request_id = response.headers.get("x-request-id")
         attempt.phase = "read"
         failed = True
@@ -434,6 +441,16 @@ class HTTPEngine(BaseEngine):
                 request_id=request_id,
             )
         return pcm
+
+
+def _body_reads(response: httpx.Response, direct: bool) -> AsyncIterator[bytes]:
+    """The body's reads. On our own transport (``direct``), straight from its stream unless a
+    ``Content-Encoding`` (which we ask not to get) must be decoded: that skips two of httpx's per-read
+    layers. Any other transport gets ``aiter_bytes``: under httpcore, closing the stream's own iterator
+    mid-body can leave a pooled connection busy (``tests/test_pool_hygiene.py``)."""
+    if direct and response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"):
+        return aiter(response.stream)  # type: ignore[arg-type]
+    return response.aiter_bytes()
 
 
 def _media_type(response: httpx.Response) -> str:
