@@ -96,7 +96,7 @@ def _encode(pcm: bytes, table: np.ndarray) -> bytes:
     if len(pcm) % 2:
         raise ValueError(f"16-bit PCM must have an even number of bytes, got {len(pcm)}")
     # Index by the raw little-endian bit pattern: uint16 view, so negative samples map to 32768..65535.
-    return np.take(table, np.frombuffer(pcm, dtype="<u2"), mode="clip").tobytes()
+    return table.take(np.frombuffer(pcm, dtype="<u2"), mode="clip").tobytes()  # the method: no wrapper
 
 
 def _decode(data: bytes, single: np.ndarray, pairs: np.ndarray) -> bytes:

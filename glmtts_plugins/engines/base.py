@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -108,7 +108,13 @@ def _closing(chunks: AsyncIterator[bytes]) -> contextlib.AbstractAsyncContextMan
     return contextlib.nullcontext()
 
 
-async def first_chunk_within(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
+async def _generator(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    async with _closing(chunks):
+        async for chunk in chunks:
+            yield chunk
+
+
+async def first_chunk_within(chunks: AsyncIterator[bytes], timeout: float) -> AsyncGenerator[bytes, None]:
     """Yield ``chunks``, raising :class:`APITimeoutError` if the first one takes over ``timeout`` seconds.
 
     The generic per-request timeout, for engines with no finer one (no connect or TLS phase to name).
@@ -144,7 +150,7 @@ class BaseEngine:
     """How the last request got its connection, for metrics; ``None`` when the engine cannot tell."""
     _native_timeout: ClassVar[bool] = False
 
-    async def stream(
+    def stream(
         self,
         text: str,
         *,
@@ -152,12 +158,11 @@ class BaseEngine:
         speed: float = 1.0,
         volume: float = 1.0,
         timeout: float | None = None,
-    ) -> AsyncIterator[bytes]:
-        """Yield PCM chunks (whole samples) as the engine produces them."""
-        chunks = self._open_stream(text, voice, speed, volume, _checked(text, voice, speed, volume, timeout))
-        async with _closing(chunks):
-            async for chunk in chunks:
-                yield chunk
+    ) -> AsyncGenerator[bytes, None]:
+        """PCM chunks (whole samples) as the engine produces them: an async generator (close it, e.g. with
+        ``contextlib.aclosing``, to end the request early). A bad request raises here, before anything is
+        sent; the engine's own generator is returned as it is, so no layer is added per chunk."""
+        return self._open_stream(text, voice, speed, volume, _checked(text, voice, speed, volume, timeout))
 
     async def synthesize(
         self,
@@ -194,11 +199,13 @@ class BaseEngine:
 
     def _open_stream(
         self, text: str, voice: str, speed: float, volume: float, timeout: float | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         chunks = self._stream(text, voice=voice, speed=speed, volume=volume, timeout=timeout)
-        if timeout is None or self._native_timeout:
+        if timeout is not None and not self._native_timeout:
+            return first_chunk_within(chunks, timeout)
+        if isinstance(chunks, AsyncGenerator):
             return chunks
-        return first_chunk_within(chunks, timeout)
+        return _generator(chunks)  # a user's iterator of another kind: give it aclose()
 
     async def prewarm(self) -> None:
         """Get ready for the first request (open connections, load data)."""

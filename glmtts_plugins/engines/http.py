@@ -231,15 +231,30 @@ class HTTPEngine(BaseEngine):
     async def _stream(
         self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
     ) -> AsyncIterator[bytes]:
-        """PCM chunks (even lengths) as the server sends them."""
+        """PCM chunks (even lengths) as the server sends them: one request per piece of at most 1024
+        characters, each retried (only before its first audio was handed on) by the retry policy."""
         self._check_open()
         limit = timeout or self.first_byte_timeout
         for piece in split_text(text, MAX_INPUT_CHARS):
-            if piece.strip():
-                body = self._request_body(piece, True, voice=voice, speed=speed, volume=volume)
-                async with contextlib.aclosing(self._stream_with_retry(body, limit)) as chunks:
-                    async for chunk in chunks:
-                        yield self._gain(chunk, volume)
+            if not piece.strip():
+                continue
+            body = self._request_body(piece, True, voice=voice, speed=speed, volume=volume)
+            attempt = 0
+            while True:
+                yielded = False
+                try:
+                    async with contextlib.aclosing(self._stream_once(body, limit)) as chunks:
+                        async for chunk in chunks:
+                            yielded = True
+                            yield self._gain(chunk, volume)
+                    break
+                except GLMTTSError as exc:
+                    if yielded or not self._should_retry(exc, attempt):
+                        if yielded:
+                            exc.retryable = False
+                        raise
+                    await self._backoff(exc, attempt)
+                    attempt += 1
 
     async def _synthesize(
         self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None
@@ -264,24 +279,6 @@ class HTTPEngine(BaseEngine):
         return self._gain(bytes(pcm), volume)
 
     # -- retries ----------------------------------------------------------------------------------
-
-    async def _stream_with_retry(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
-        attempt = 0
-        while True:
-            yielded = False
-            try:
-                async with contextlib.aclosing(self._stream_once(body, timeout)) as chunks:
-                    async for chunk in chunks:
-                        yielded = True
-                        yield chunk
-                return
-            except GLMTTSError as exc:
-                if yielded or not self._should_retry(exc, attempt):
-                    if yielded:
-                        exc.retryable = False
-                    raise
-                await self._backoff(exc, attempt)
-                attempt += 1
 
     def _should_retry(self, exc: GLMTTSError, attempt: int) -> bool:
         if not exc.retryable or attempt >= self.retry.max_retries:

@@ -30,6 +30,16 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume one read; return the payloads of the events it completed."""
+        # The common read: exactly one whole event, one ``data: `` line (GLM-TTS sends one event per
+        # write). Same result as the general path, without splitting lines.
+        if (
+            chunk[-2:] == b"\n\n"
+            and chunk[:6] == b"data: "
+            and not (self._buf or self._data or self._skip_lf)
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):
+            return [chunk[6:-2]]
         if self._skip_lf and chunk:
             self._skip_lf = False
             if chunk[:1] == b"\n":
