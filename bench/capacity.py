@@ -10,8 +10,12 @@ a warm-up; then a window of process CPU time (all threads) divided by the second
 received. Side by side, in one run:
 
 * ``glmtts``: ``Synthesizer(CloudEngine(...), sample_rate=8000, encoding="mulaw", frame_ms=20)`` (or 16 kHz
-  PCM), one engine per call, as each adapter instance makes by default;
-* ``glmtts + aiohttp``: the same with ``http_client=httpx.AsyncClient(transport=AiohttpTransport())``;
+  PCM), one engine per call, as each adapter instance makes by default (the default transport: ours, on
+  aiohttp);
+* ``glmtts on httpx's transport``: the same with ``http_client=httpx.AsyncClient()`` (h11 and httpcore, the
+  default before issue 15);
+* ``glmtts + httpx-aiohttp``: the same with ``http_client=httpx.AsyncClient(transport=AiohttpTransport())``
+  from the ``httpx-aiohttp`` package (the ready-made alternative to our transport);
 * ``zai-sdk chain``: what a user would otherwise write: the official SDK's streaming in a thread per call,
   soxr HQ ``ResampleStream``, ``audioop`` G.711 (our codec where audioop is gone), 20 ms frames.
 
@@ -40,7 +44,12 @@ import warnings
 from pathlib import Path
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
-WAYS = {"glmtts": "glmtts", "aiohttp": "glmtts + aiohttp", "sdk": "zai-sdk chain"}
+WAYS = {
+    "glmtts": "glmtts",
+    "httpcore": "glmtts on httpx's transport",
+    "httpx_aiohttp": "glmtts + httpx-aiohttp",
+    "sdk": "zai-sdk chain",
+}
 FORMATS = {"mulaw8k": (8000, "mulaw"), "pcm16k": (16000, "pcm_s16le")}
 
 
@@ -90,7 +99,11 @@ def _glmtts_call_factory(spec: dict):  # type: ignore[no-untyped-def]
 
     @contextlib.asynccontextmanager
     async def session():  # type: ignore[no-untyped-def]
-        client = httpx.AsyncClient(transport=AiohttpTransport()) if spec["way"] == "aiohttp" else None
+        client = None
+        if spec["way"] == "httpcore":
+            client = httpx.AsyncClient(trust_env=False)
+        elif spec["way"] == "httpx_aiohttp":
+            client = httpx.AsyncClient(transport=AiohttpTransport())
         engine = CloudEngine(api_key=TOKEN, base_url=spec["url"], http_client=client)
         try:
             yield Synthesizer(engine, sample_rate=rate, encoding=encoding, frame_ms=20)
@@ -318,13 +331,14 @@ STAGES = [
             "/sniffio/",
             "/ssl.py",
             "/socket.py",
+            "glmtts_plugins/engines/aiohttp_transport.py",
         ),
         None,
     ),
+    ("read deadlines", ("glmtts_plugins/engines/deadline.py", "/asyncio/timeouts.py"), None),
     ("SSE events and base64", ("glmtts_plugins/engines/sse.py",), None),
-    ("SSE events and base64", ("glmtts_plugins/engines/cloud.py",), ("_handle_event", "_decode_base64")),
-    ("engine read loop (cloud.py, http.py)", ("glmtts_plugins/engines/",), None),
-    ("read deadlines (asyncio.timeout per read)", ("/asyncio/timeouts.py",), None),
+    ("SSE events and base64", ("glmtts_plugins/engines/cloud.py",), None),  # the decoder, per event
+    ("engine read loop (http.py, base.py)", ("glmtts_plugins/engines/",), None),
     ("queues between tasks (asyncio.Queue)", ("/asyncio/queues.py",), None),
     ("resampling", ("glmtts_plugins/audio/stream_resampler.py",), None),
     ("G.711 encoding", ("glmtts_plugins/audio/g711.py",), None),
@@ -394,7 +408,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a short look: 1 and 10 calls, 3 s windows")
     parser.add_argument("--calls", default="1,10,50,100,200")
-    parser.add_argument("--ways", default="glmtts,aiohttp,sdk")
+    parser.add_argument("--ways", default="glmtts,httpcore,httpx_aiohttp,sdk")
     parser.add_argument("--formats", default="mulaw8k,pcm16k")
     parser.add_argument("--seconds", type=float, default=12.0, help="measured window per configuration")
     parser.add_argument("--warmup", type=float, default=4.0, help="calls start at random in this time")
@@ -429,7 +443,7 @@ def main() -> None:
                     print(
                         f"{WAYS[way]:>16} {fmt} {n:>4} calls: {r['cpu_ms_per_s']:.2f} ms/s", file=sys.stderr
                     )
-        for way in [w for w in ways if w != "sdk"]:
+        for way in [w for w in ways if w in ("glmtts", "httpcore")]:
             spec = {**base, "url": url, "way": way, "format": "mulaw8k", "calls": args.profile_calls}
             results["profile"][way] = run_child({**spec, "profile": True})
     with paced_server(0.05) as url:
