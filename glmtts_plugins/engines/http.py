@@ -168,6 +168,7 @@ class HTTPEngine(BaseEngine):
         self.last_connection: ConnectionInfo | None = None
         self._connect_timeout = connect
         self._closed = False
+        self._url_cache: tuple[str, httpx.URL] | None = None
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
             transport=AiohttpTransport(),
@@ -194,6 +195,13 @@ class HTTPEngine(BaseEngine):
         return pcm
 
     # -- life cycle -------------------------------------------------------------------------------
+
+    def _parsed_url(self) -> httpx.URL:
+        """``url`` parsed once (httpx parses a string URL on every request)."""
+        url = self.url
+        if self._url_cache is None or self._url_cache[0] != url:
+            self._url_cache = (url, httpx.URL(url))
+        return self._url_cache[1]
 
     def _check_open(self) -> None:
         if self._closed or self._client.is_closed:
@@ -303,7 +311,7 @@ class HTTPEngine(BaseEngine):
             r = None if streamed else max(deadline - asyncio.get_running_loop().time(), self.read_timeout)
             request = self._client.build_request(
                 "POST",
-                self.url,
+                self._parsed_url(),
                 json=body,
                 headers=self._accept,
                 timeout=httpx.Timeout(connect=c, read=r, write=c, pool=c),
