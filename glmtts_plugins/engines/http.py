@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypedDict
+from typing import Any, ClassVar, Protocol, TypedDict
 
 import httpx
 
@@ -179,7 +179,9 @@ class HTTPEngine(BaseEngine):
     def url(self) -> str:
         raise NotImplementedError
 
-    def _request_body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
+    def _request_body(
+        self, text: str, stream: bool, *, voice: str, speed: float, volume: float
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     def _decoder(self, response: httpx.Response, request_id: str | None) -> AudioDecoder:
@@ -263,7 +265,7 @@ class HTTPEngine(BaseEngine):
 
     # -- retries ----------------------------------------------------------------------------------
 
-    async def _stream_with_retry(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
+    async def _stream_with_retry(self, body: dict[str, Any], timeout: float) -> AsyncGenerator[bytes, None]:
         attempt = 0
         while True:
             yielded = False
@@ -293,7 +295,7 @@ class HTTPEngine(BaseEngine):
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    async def _open(self, body: dict, deadline: float, attempt: Attempt) -> httpx.Response:
+    async def _open(self, body: dict[str, Any], deadline: float, attempt: Attempt) -> httpx.Response:
         """Send the request and wait for the response head, within the attempt's deadline; an error
         status (or a JSON body) raises the engine's error for it."""
         self._check_open()  # also for a retry after the engine was closed mid-request
@@ -338,7 +340,7 @@ class HTTPEngine(BaseEngine):
             if failed:
                 await reap_orphans(self._client, attempt)
 
-    async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
+    async def _stream_once(self, body: dict[str, Any], timeout: float) -> AsyncGenerator[bytes, None]:
         """One streamed attempt: a deadline for the first audio (keep-alives do not extend it), then a
         read deadline re-armed by each piece of audio; a sample split across reads is carried over."""
         loop = asyncio.get_running_loop()
@@ -408,7 +410,7 @@ class HTTPEngine(BaseEngine):
         attempt.note = ""
         return deadline
 
-    async def _fetch_wav(self, body: dict, timeout: float) -> bytes:
+    async def _fetch_wav(self, body: dict[str, Any], timeout: float) -> bytes:
         """Whole-WAV mode: one request, the WAV body checked for our rate and one channel."""
         loop = asyncio.get_running_loop()
         attempt = Attempt()
@@ -437,7 +439,8 @@ class HTTPEngine(BaseEngine):
 
 
 def _media_type(response: httpx.Response) -> str:
-    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";")[0].strip().lower()
 
 
 def _refuse_a_page(response: httpx.Response, request_id: str | None, expected: str) -> None:
