@@ -10,11 +10,13 @@ demo: $(VENV)/.stamp-demo
 
 test: $(VENV)/.stamp-test
 	$(BIN)/ruff check glmtts_plugins adapters examples tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest
 
-lint: $(VENV)/.stamp-test
+lint: $(VENV)/.stamp-test  # mypy checks what [tool.mypy] in pyproject.toml lists
 	$(BIN)/ruff check glmtts_plugins adapters examples tests bench
 	$(BIN)/ruff format --check glmtts_plugins adapters examples tests bench
+	$(BIN)/mypy
 
 bench: $(VENV)/.stamp-test  # every benchmark; each also runs alone with `.venv/bin/python -m bench.NAME`
 	$(BIN)/python -m bench.client_overhead

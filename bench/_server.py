@@ -17,7 +17,8 @@ TOKEN = "bench-token"
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @contextlib.contextmanager
@@ -42,10 +43,12 @@ def server_process(faults: str = "", engine: str = "tone") -> Iterator[str]:
 
 
 if __name__ == "__main__":
+    from glmtts_plugins import BaseEngine
     from glmtts_plugins.server import serve
     from glmtts_plugins.testing import ToneEngine
 
     port, engine_name, faults = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    engine: BaseEngine
     if engine_name == "tone":
         engine = ToneEngine(ms_per_char=40, chunk_bytes=960)
     else:

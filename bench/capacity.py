@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import json
 import os
 import pstats
@@ -41,7 +42,14 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from glmtts_plugins import Synthesizer
+    from glmtts_plugins.synthesizer import Encoding
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
 WAYS = {
@@ -50,7 +58,7 @@ WAYS = {
     "httpx_aiohttp": "glmtts + httpx-aiohttp",
     "sdk": "zai-sdk chain",
 }
-FORMATS = {"mulaw8k": (8000, "mulaw"), "pcm16k": (16000, "pcm_s16le")}
+FORMATS: dict[str, tuple[int, Encoding]] = {"mulaw8k": (8000, "mulaw"), "pcm16k": (16000, "pcm_s16le")}
 
 
 def corpus() -> list[str]:
@@ -86,7 +94,12 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _glmtts_call_factory(spec: dict):  # type: ignore[no-untyped-def]
+def _glmtts_call_factory(
+    spec: dict[str, Any],
+) -> tuple[
+    Callable[[], AbstractAsyncContextManager[Synthesizer]],
+    Callable[[Synthesizer, str, Counter, int, threading.Event], Awaitable[None]],
+]:
     import httpx
     from httpx_aiohttp import AiohttpTransport
 
@@ -98,8 +111,8 @@ def _glmtts_call_factory(spec: dict):  # type: ignore[no-untyped-def]
     per_sample = 1 if encoding != "pcm_s16le" else 2
 
     @contextlib.asynccontextmanager
-    async def session():  # type: ignore[no-untyped-def]
-        client = None
+    async def session() -> AsyncIterator[Synthesizer]:
+        client: httpx.AsyncClient | None = None
         if spec["way"] == "httpcore":
             client = httpx.AsyncClient(trust_env=False)
         elif spec["way"] == "httpx_aiohttp":
@@ -112,7 +125,7 @@ def _glmtts_call_factory(spec: dict):  # type: ignore[no-untyped-def]
             if client is not None:
                 await client.aclose()
 
-    async def speak(synth, text: str, counter: Counter, i: int, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    async def speak(synth: Synthesizer, text: str, counter: Counter, i: int, stop: threading.Event) -> None:
         async with synth.speak(text) as utterance:
             async for frame in utterance:
                 counter.samples[i] += len(frame.audio) // per_sample
@@ -122,7 +135,14 @@ def _glmtts_call_factory(spec: dict):  # type: ignore[no-untyped-def]
     return session, speak
 
 
-def _sdk_call(spec: dict, texts, counter: Counter, i: int, stop: threading.Event, start_at: float) -> None:  # type: ignore[no-untyped-def]
+def _sdk_call(
+    spec: dict[str, Any],
+    texts: Iterator[str],
+    counter: Counter,
+    i: int,
+    stop: threading.Event,
+    start_at: float,
+) -> None:
     import numpy as np
     import soxr
     from zai import ZhipuAiClient
@@ -187,7 +207,7 @@ def _pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-async def _child_calls_async(spec: dict) -> dict:
+async def _child_calls_async(spec: dict[str, Any]) -> dict[str, Any]:
     session, speak = _glmtts_call_factory(spec)
     n, warmup, seconds = spec["calls"], spec["warmup"], spec["seconds"]
     rate = FORMATS[spec["format"]][0]
@@ -233,7 +253,7 @@ async def _child_calls_async(spec: dict) -> dict:
     return result
 
 
-def _child_calls_sdk(spec: dict) -> dict:
+def _child_calls_sdk(spec: dict[str, Any]) -> dict[str, Any]:
     n, warmup, seconds = spec["calls"], spec["warmup"], spec["seconds"]
     rate = FORMATS[spec["format"]][0]
     counter, stop = Counter(n, rate), threading.Event()
@@ -243,7 +263,7 @@ def _child_calls_sdk(spec: dict) -> dict:
     threads = []
     for i in range(n):
         rng = random.Random(i)
-        texts = iter(lambda rng=rng: rng.choice(replies), None)
+        texts = iter(functools.partial(rng.choice, replies), None)
         start_at = t0 + rng.uniform(0, 0.8 * warmup)
         th = threading.Thread(target=_sdk_call, args=(spec, texts, counter, i, stop, start_at), daemon=True)
         th.start()
@@ -261,7 +281,9 @@ def _child_calls_sdk(spec: dict) -> dict:
     return _summary(spec, cpu1 - cpu0, audio1 - audio0, wall1 - wall0, rss0, rss_peak)
 
 
-def _summary(spec: dict, cpu: float, audio: float, wall: float, rss0: int, rss_peak: int) -> dict:
+def _summary(
+    spec: dict[str, Any], cpu: float, audio: float, wall: float, rss0: int, rss_peak: int
+) -> dict[str, Any]:
     n = spec["calls"]
     return {
         "cpu_ms_per_s": 1000 * cpu / audio if audio else float("nan"),
@@ -271,7 +293,7 @@ def _summary(spec: dict, cpu: float, audio: float, wall: float, rss0: int, rss_p
     }
 
 
-async def _child_lengths_async(spec: dict) -> dict:
+async def _child_lengths_async(spec: dict[str, Any]) -> dict[str, Any]:
     session, speak = _glmtts_call_factory(spec)
     rate = FORMATS[spec["format"]][0]
     out = {}
@@ -289,7 +311,7 @@ async def _child_lengths_async(spec: dict) -> dict:
     return out
 
 
-def _child_lengths_sdk(spec: dict) -> dict:
+def _child_lengths_sdk(spec: dict[str, Any]) -> dict[str, Any]:
     rate = FORMATS[spec["format"]][0]
     out = {}
     for length, reps in spec["lengths"]:
@@ -307,7 +329,7 @@ def _child_lengths_sdk(spec: dict) -> dict:
     return out
 
 
-def child(spec: dict) -> dict:
+def child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["mode"] == "lengths":
         return _child_lengths_sdk(spec) if spec["way"] == "sdk" else asyncio.run(_child_lengths_async(spec))
     return _child_calls_sdk(spec) if spec["way"] == "sdk" else asyncio.run(_child_calls_async(spec))
@@ -361,10 +383,10 @@ def _stage(func: tuple[str, int, str]) -> str | None:
 def stages(profiler: cProfile.Profile) -> tuple[dict[str, float], list[tuple[str, float, int, str]]]:
     """Seconds of profiled time per stage: each function's own time, builtins charged to their callers
     (in proportion to the time spent in them from each caller)."""
-    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]  # not in typeshed
     totals: dict[str, float] = {}
 
-    def charge(func, seconds: float, depth: int = 0) -> None:  # type: ignore[no-untyped-def]
+    def charge(func: tuple[str, int, str], seconds: float, depth: int = 0) -> None:
         stage = _stage(func)
         if stage is None:
             callers = stats[func][4]
@@ -389,7 +411,7 @@ def stages(profiler: cProfile.Profile) -> tuple[dict[str, float], list[tuple[str
 # -- the parent -----------------------------------------------------------------------------------
 
 
-def run_child(spec: dict) -> dict:
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.capacity", "--child", json.dumps(spec)],
@@ -400,7 +422,8 @@ def run_child(spec: dict) -> dict:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"child {spec} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main() -> None:
@@ -432,7 +455,7 @@ def main() -> None:
     lengths = [int(n) for n in args.lengths.split(",")]
     from ._paced_server import paced_server
 
-    results: dict = {"calls": [], "lengths": {}, "profile": {}}
+    results: dict[str, Any] = {"calls": [], "lengths": {}, "profile": {}}
     base = {"mode": "calls", "seconds": args.seconds, "warmup": args.warmup}
     with paced_server(1.0) as url:
         for fmt in formats:
@@ -456,7 +479,7 @@ def main() -> None:
     report(results, args)
 
 
-def report(results: dict, args: argparse.Namespace) -> None:
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\nClient CPU per second of audio ({args.seconds:.0f} s window after {args.warmup:.0f} s warm-up; "
         "pace 1.00 = every call got its audio in real time)\n"

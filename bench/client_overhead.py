@@ -11,6 +11,7 @@ import base64
 import statistics
 import struct
 import time
+from collections.abc import Generator
 
 import httpx
 from zai import ZhipuAiClient
@@ -26,23 +27,26 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
-def sdk_stream(client: ZhipuAiClient, text: str):  # type: ignore[no-untyped-def]
+def sdk_stream(client: ZhipuAiClient, text: str) -> Generator[bytes, None, None]:
     """What a user of the official SDK writes to get PCM chunks."""
-    for chunk in client.audio.speech(
+    response = client.audio.speech(
         model="glm-tts",
         input=text,
         voice="tongtong",
         response_format="pcm",
         stream=True,
         encode_format="base64",
-    ):
+    )
+    # stream=True gives a StreamResponse; the SDK's return type does not say so
+    for chunk in response:  # type: ignore[union-attr]
         for choice in chunk.choices:
             if choice.delta and choice.delta.content:
                 yield base64.b64decode(choice.delta.content)
 
 
 def overhead_ms(chunk: bytes) -> float:
-    return (time.monotonic_ns() - struct.unpack("<Q", chunk[:8])[0]) / 1e6
+    sent: int = struct.unpack("<Q", chunk[:8])[0]
+    return (time.monotonic_ns() - sent) / 1e6
 
 
 async def overhead(requests: int) -> dict[str, list[float]]:

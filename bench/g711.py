@@ -13,11 +13,13 @@ import time
 import warnings
 from collections.abc import Callable
 from functools import partial
+from types import ModuleType
 
 import numpy as np
 
 from glmtts_plugins.audio import g711
 
+audioop: ModuleType | None
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     try:

@@ -31,6 +31,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from livekit.agents import APIConnectOptions, APIError
@@ -63,18 +64,18 @@ async def speak(stream: lk_tts.SynthesizeStream, tokens: AsyncIterator[str], ear
 FAILOVER_TEXT = "您好，这里是星河银行信用卡中心。请问有什么可以帮您？"
 
 
-async def run_once(tts: lk_tts.TTS, mode: str, conn: APIConnectOptions) -> tuple[float | None, float]:
+async def run_once(tts: lk_tts.TTS[Any], mode: str, conn: APIConnectOptions) -> tuple[float | None, float]:
     """(seconds to the first audio or None, seconds until the request ended, by audio or error)."""
     start = time.monotonic()
     first = None
-    source = (
-        tts.synthesize(FAILOVER_TEXT, conn_options=conn)
-        if mode == "synthesize"
-        else tts.stream(conn_options=conn)
-    )
-    if mode == "stream":
-        source.push_text(FAILOVER_TEXT)
-        source.end_input()
+    source: lk_tts.ChunkedStream | lk_tts.SynthesizeStream
+    if mode == "synthesize":
+        source = tts.synthesize(FAILOVER_TEXT, conn_options=conn)
+    else:
+        source = stream = tts.stream(conn_options=conn)
+        if mode == "stream":
+            stream.push_text(FAILOVER_TEXT)
+            stream.end_input()
     try:
         async with source:
             async for _ in source:

@@ -38,6 +38,7 @@ import statistics
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pipecat.frames.frames import (
@@ -78,8 +79,8 @@ TEXTS = [
 class PipecatStyleTTS(TTSService):
     """A minimal HTTP TTS service the way Pipecat's built-ins are written."""
 
-    def __init__(self, engine: CloudEngine, **kwargs: object) -> None:
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, engine: CloudEngine, **kwargs: Any) -> None:  # kwargs passed on to TTSService
+        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
         self._engine = engine
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
@@ -220,7 +221,7 @@ async def failover(runs: int) -> None:
             )
             recs = [r for r in srv.records[before:] if r.outcome == "completed"]
             switch.append(switched[0] - t0)
-            first_audio.append(recs[0].first_audio_at - t0)  # type: ignore[operator]
+            first_audio.append(recs[0].first_audio_at - t0)  # type: ignore[operator]  # completed: it has audio
             lost.append(n - len(recs))
     print(
         f"\nServiceSwitcher failover, dead primary (connection refused), "

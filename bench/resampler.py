@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Protocol
 
 import numpy as np
 import soxr
@@ -32,10 +33,12 @@ class Soxr:
         self.stream = soxr.ResampleStream(IN_RATE, out_rate, 1, dtype="int16", quality=quality)
 
     def process(self, pcm: bytes) -> bytes:
-        return self.stream.resample_chunk(np.frombuffer(pcm, "<i2")).tobytes()
+        out: np.ndarray = self.stream.resample_chunk(np.frombuffer(pcm, "<i2"))
+        return out.tobytes()
 
     def flush(self) -> bytes:
-        return self.stream.resample_chunk(np.zeros(0, "<i2"), last=True).tobytes()
+        out: np.ndarray = self.stream.resample_chunk(np.zeros(0, "<i2"), last=True)
+        return out.tobytes()
 
 
 class LibSamplerate:
@@ -45,7 +48,8 @@ class LibSamplerate:
         self.stream = samplerate.Resampler(converter, channels=1)
 
     def _out(self, y: np.ndarray) -> bytes:
-        return np.clip(np.rint(y * 32768), -32768, 32767).astype("<i2").tobytes()
+        clipped: np.ndarray = np.clip(np.rint(y * 32768), -32768, 32767)
+        return clipped.astype("<i2").tobytes()
 
     def process(self, pcm: bytes) -> bytes:
         x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
@@ -60,7 +64,16 @@ NAMES = ["glmtts", "soxr HQ", "soxr VHQ"] + (
 )
 
 
-def make(name: str, out_rate: int):  # type: ignore[no-untyped-def]
+class Resampler(Protocol):
+    @property
+    def out_rate(self) -> int: ...
+
+    def process(self, pcm: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+def make(name: str, out_rate: int) -> Resampler:
     if name == "glmtts":
         return StreamResampler(IN_RATE, out_rate)
     if name.startswith("soxr"):
@@ -68,7 +81,7 @@ def make(name: str, out_rate: int):  # type: ignore[no-untyped-def]
     return LibSamplerate(out_rate, name.split()[1])
 
 
-def run(r, x: np.ndarray) -> tuple[np.ndarray, float]:  # type: ignore[no-untyped-def]
+def run(r: Resampler, x: np.ndarray) -> tuple[np.ndarray, float]:
     """Stream ``x`` in 20 ms chunks; return the output and the worst audio held back (ms)."""
     pcm = x.astype("<i2").tobytes()
     out, n_out, held = [], 0, 0.0
@@ -92,7 +105,8 @@ def gain_db(y: np.ndarray, freq: float, rate: int, amp: float) -> float:
     t = (np.arange(len(mid)) + len(y) // 4) / rate
     basis = np.stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t)], axis=1)
     coef, *_ = np.linalg.lstsq(basis, mid, rcond=None)
-    return 20 * np.log10(max(np.hypot(*coef), 1e-9) / amp)
+    gain: float = 20 * np.log10(max(np.hypot(*coef), 1e-9) / amp)
+    return gain
 
 
 def quality(name: str, out_rate: int) -> dict[str, str]:

@@ -20,7 +20,7 @@ import asyncio
 import json
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,7 @@ async def pipecat(tokens: list[str]) -> tuple[int | None, int]:
     return first, requests
 
 
-SPLITTERS: dict[str, Callable] = {
+SPLITTERS: dict[str, Callable[[list[str]], Awaitable[tuple[int | None, int]]]] = {
     "glmtts Segmenter (ours)": ours,
     "LiveKit StreamAdapter (blingfire, min_sentence_len=20)": livekit,
     "Pipecat SimpleTextAggregator": pipecat,

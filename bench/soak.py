@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import httpx
 import psutil
@@ -73,11 +74,11 @@ def serve() -> None:
     """Child: run the local server; print its URL; answer ``summary`` on stdin with its records."""
     import logging
 
-    from glmtts_plugins.server import LocalServer
+    from glmtts_plugins.server import LocalServer, RequestRecord
     from glmtts_plugins.testing import ToneEngine
 
     logging.disable(logging.CRITICAL)  # clients leaving mid-body make uvicorn log tracebacks (issue 13)
-    seen: dict[str, object] = {}
+    seen: dict[str, RequestRecord] = {}
     server = LocalServer(ToneEngine(ms_per_char=40, chunk_bytes=960), tokens=[TOKEN], faults="rtf=1")
     server.start()
 
@@ -98,7 +99,7 @@ def serve() -> None:
                 time.sleep(0.05)
             outcomes: dict[str, int] = {}
             for rec in seen.values():
-                outcomes[rec.outcome] = outcomes.get(rec.outcome, 0) + 1  # type: ignore[attr-defined]
+                outcomes[rec.outcome] = outcomes.get(rec.outcome, 0) + 1
             print(json.dumps(outcomes), flush=True)
         elif line.strip() == "quit":
             break
@@ -123,7 +124,8 @@ class ServerProcess:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("summary\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        outcomes: dict[str, int] = json.loads(self.proc.stdout.readline())
+        return outcomes
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc.stdin is not None
@@ -169,6 +171,12 @@ def _client() -> httpx.AsyncClient:
     )
 
 
+class _CancelState(TypedDict):
+    returned: bool  # cancel() has returned
+    frames: int
+    canceller: asyncio.Task[None] | None
+
+
 async def utterance(
     synth: Synthesizer, text: str, rng: random.Random, args: argparse.Namespace, st: Stats
 ) -> None:
@@ -186,7 +194,7 @@ async def utterance(
     st.utterances += 1
     utt = synth.speak_stream(llm_tokens(text, rng), **({} if timeout is None else {"timeout": timeout}))
     per_segment: dict[int, int] = {}
-    state = {"returned": False, "frames": 0, "canceller": None}
+    state: _CancelState = {"returned": False, "frames": 0, "canceller": None}
     error: BaseException | None = None
 
     async def cancel(moment: str) -> None:
@@ -236,7 +244,7 @@ async def utterance(
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
     if state["canceller"] is not None:
-        await state["canceller"]  # type: ignore[misc]
+        await state["canceller"]
     st.audio_s += sum(per_segment.values()) / RATE
     if error is not None:
         name = type(error).__name__
@@ -268,7 +276,7 @@ async def call(
         await client.aclose()
 
 
-async def run(args: argparse.Namespace, url: str) -> dict:
+async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     st = Stats()
     corpus = replies()
     proc = psutil.Process()

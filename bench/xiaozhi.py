@@ -32,12 +32,14 @@ import json
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from examples.xiaozhi_speaker.bot import BotConfig, create_app
 from glmtts_plugins import CloudEngine, OfflineEngine, Synthesizer, pace
@@ -63,7 +65,8 @@ SENTENCE_END = "。？?！!；;"
 
 def reference_pieces(text: str) -> list[str]:
     """The first piece cut at the first pause punctuation, the rest at sentence ends."""
-    pieces, current = [], ""
+    pieces: list[str] = []
+    current = ""
     for ch in text:
         current += ch
         if ch in (FIRST_CUT if not pieces else SENTENCE_END):
@@ -250,22 +253,22 @@ class Turn:
 
 @dataclass
 class Device:
-    ws: object
-    events: list[tuple[float, str, object]] = field(default_factory=list)
+    ws: ClientConnection
+    events: list[tuple[float, str, Any]] = field(default_factory=list)  # (time, kind, JSON or audio)
 
     async def read(self) -> None:
         with contextlib.suppress(Exception):
-            async for message in self.ws:  # type: ignore[attr-defined]
+            async for message in self.ws:
                 kind = "json" if isinstance(message, str) else "audio"
                 self.events.append(
                     (time.monotonic(), kind, json.loads(message) if kind == "json" else message)
                 )
 
-    async def wait(self, predicate: object, within: float, after: float) -> float:
+    async def wait(self, predicate: Callable[[str, Any], bool], within: float, after: float) -> float:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             for t, kind, payload in self.events:
-                if t >= after and predicate(kind, payload):  # type: ignore[operator]
+                if t >= after and predicate(kind, payload):
                     return t
             await asyncio.sleep(0.002)
         raise TimeoutError("the server did not answer")
@@ -284,19 +287,19 @@ def playback(audio_times: list[float], at: float) -> tuple[float, float]:
 
 
 async def run_turn(device: Device, speech: list[bytes], tts_server: LocalServer) -> Turn:
-    await device.ws.send(json.dumps({"type": "listen", "state": "start", "mode": "manual"}))  # type: ignore[attr-defined]
+    await device.ws.send(json.dumps({"type": "listen", "state": "start", "mode": "manual"}))
     clock = time.monotonic()
     for p in speech:
-        await device.ws.send(p)  # type: ignore[attr-defined]
+        await device.ws.send(p)
         clock += FRAME_MS / 1000
         await asyncio.sleep(max(0.0, clock - time.monotonic()))
-    await device.ws.send(json.dumps({"type": "listen", "state": "stop"}))  # type: ignore[attr-defined]
+    await device.ws.send(json.dumps({"type": "listen", "state": "stop"}))
     t_stop = time.monotonic()
     first = await device.wait(lambda k, _: k == "audio", 20, t_stop)
     await asyncio.sleep(max(0.0, first + ABORT_AFTER_S - time.monotonic()))
     t_abort = time.monotonic()
     running = [r for r in tts_server.records if r.outcome == "running"]
-    await device.ws.send(json.dumps({"type": "abort"}))  # type: ignore[attr-defined]
+    await device.ws.send(json.dumps({"type": "abort"}))
     stop = await device.wait(lambda k, p: k == "json" and p.get("state") == "stop", 10, t_abort)
     await asyncio.sleep(3.0)  # late packets, and the reference's synthesis running on
     audio = [t for t, k, _ in device.events if k == "audio" and t >= t_stop]
@@ -324,14 +327,14 @@ async def device_speech() -> list[bytes]:
     return [enc.encode(pcm16[i : i + enc.frame_bytes]) for i in range(0, len(pcm16), enc.frame_bytes)]
 
 
-async def encode_cpu_ms_per_s(**settings: object) -> float:
+async def encode_cpu_ms_per_s(*, bitrate: int | None = None, complexity: int = 10) -> float:
     """Median CPU per second of audio to encode 10 s of 24 kHz speech in 60 ms frames."""
     pcm = bytearray()
     async with OfflineEngine() as engine:
         for text in REPLIES:
             async for chunk in engine.stream(text):
                 pcm += chunk
-    enc = OpusEncoder(RATE, FRAME_MS, **settings)  # type: ignore[arg-type]
+    enc = OpusEncoder(RATE, FRAME_MS, bitrate=bitrate, complexity=complexity)
     pcm = pcm[: 10 * RATE * 2]
     frames = [
         bytes(pcm[i : i + enc.frame_bytes]) for i in range(0, len(pcm) - enc.frame_bytes + 1, enc.frame_bytes)
@@ -399,7 +402,8 @@ async def main() -> None:
     for name, turns in results.items():
 
         def med(attr: str, turns: list[Turn] = turns) -> float:
-            return statistics.median(getattr(t, attr) for t in turns)
+            median: float = statistics.median(getattr(t, attr) for t in turns)
+            return median
 
         worst = max(t.stale_ms for t in turns)
         print(

@@ -46,12 +46,14 @@ class Timing:
         return self.wall_s / self.audio_s if self.audio_s else float("inf")
 
 
-async def timed_stream(engine: BaseEngine, text: str, **options: object) -> Timing:
+async def timed_stream(
+    engine: BaseEngine, text: str, *, voice: str = DEFAULT_VOICE, speed: float = 1.0, volume: float = 1.0
+) -> Timing:
     """Stream ``text`` and measure it the way a listener experiences it."""
     start = time.perf_counter()
     first = None
     pcm = bytearray()
-    async for chunk in engine.stream(text, **options):  # type: ignore[arg-type]
+    async for chunk in engine.stream(text, voice=voice, speed=speed, volume=volume):
         if first is None:
             first = time.perf_counter() - start
         pcm += chunk

@@ -6,6 +6,8 @@ whether a retry may help (``retryable``) and the ``request_id`` when the server 
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 __all__ = [
     "APIConnectionError",
     "APITimeoutError",
@@ -20,6 +22,15 @@ __all__ = [
     "TruncatedStreamError",
     "error_from_code",
 ]
+
+
+class _Details(TypedDict, total=False):
+    """The keyword arguments of :class:`GLMTTSError` after the message."""
+
+    code: str | None
+    status: int | None
+    retryable: bool | None
+    request_id: str | None
 
 
 class GLMTTSError(Exception):
@@ -80,8 +91,8 @@ class InvalidRequestError(GLMTTSError, ValueError):
     also a ``ValueError``, so a bad constructor or option argument is caught as frameworks expect.
     """
 
-    def __init__(self, message: str, *, field: str | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, message: str, *, field: str | None = None, **kwargs: Unpack[_Details]) -> None:
+        super().__init__(message, **kwargs)
         self.field = field
 
 
@@ -152,7 +163,7 @@ def error_from_code(
     """
     code_s = _code(code)
     text = message if isinstance(message, str) and message else _text(message or "GLM-TTS request failed")
-    kwargs: dict = {"code": code_s, "status": status, "request_id": request_id}
+    kwargs: _Details = {"code": code_s, "status": status, "request_id": request_id}
     if code_s in _AUTH_CODES:
         return AuthenticationError(text, **kwargs)
     if code_s in _QUOTA_CODES:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 
 from .errors import InvalidRequestError
 from .synthesizer import SpeechFrame
@@ -25,7 +25,9 @@ from .synthesizer import SpeechFrame
 __all__ = ["pace"]
 
 
-def pace(frames: AsyncIterable[SpeechFrame], *, prebuffer_ms: float = 300) -> AsyncIterator[SpeechFrame]:
+def pace(
+    frames: AsyncIterable[SpeechFrame], *, prebuffer_ms: float = 300
+) -> AsyncGenerator[SpeechFrame, None]:
     """Yield ``frames`` no faster than a device plays them, ``prebuffer_ms`` ahead of real time.
 
     Works for any encoding (``duration_ms`` is what counts). Closing the returned iterator
@@ -47,7 +49,7 @@ def pace(frames: AsyncIterable[SpeechFrame], *, prebuffer_ms: float = 300) -> As
     return _paced(frames, prebuffer_ms / 1000)
 
 
-async def _paced(frames: AsyncIterable[SpeechFrame], prebuffer: float) -> AsyncIterator[SpeechFrame]:
+async def _paced(frames: AsyncIterable[SpeechFrame], prebuffer: float) -> AsyncGenerator[SpeechFrame, None]:
     source = aiter(frames)
     playing_until = 0.0  # monotonic time at which the device will have played everything released
     try:

@@ -32,10 +32,10 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Self, get_args
+from typing import Any, Literal, Self, get_args
 
 from .audio.framer import FRAME_MS_CHOICES, Framer
 from .audio.g711 import lin2alaw, lin2ulaw
@@ -258,12 +258,14 @@ class Synthesizer:
         )
 
 
-async def _from_list(pieces: list[str]) -> AsyncIterator[str]:
+async def _from_list(pieces: list[str]) -> AsyncGenerator[str, None]:
     for piece in pieces:
         yield piece
 
 
-async def _segmented(texts: AsyncIterable[str] | Iterable[str], segmenter: Segmenter) -> AsyncIterator[str]:
+async def _segmented(
+    texts: AsyncIterable[str] | Iterable[str], segmenter: Segmenter
+) -> AsyncGenerator[str, None]:
     if isinstance(texts, AsyncIterable):
         it = aiter(texts)
         async with _closing(it):
@@ -300,7 +302,7 @@ class Utterance:
     """
 
     def __init__(
-        self, synth: Synthesizer, pieces: AsyncIterator[str], *, timeout: float | None = None
+        self, synth: Synthesizer, pieces: AsyncGenerator[str, None], *, timeout: float | None = None
     ) -> None:
         self.sample_rate = synth.sample_rate
         self.encoding: Encoding = synth.encoding
@@ -445,15 +447,15 @@ class Utterance:
         self.started_at = time.monotonic()
         self._spawn(self._feed())
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _feed(self) -> None:
         """Read pieces from the text and start each one's request, at most ``prefetch`` ahead."""
         try:
-            async with contextlib.aclosing(self._source) as source:  # type: ignore[type-var]
+            async with contextlib.aclosing(self._source) as source:
                 async for text in source:
                     await self._slots.acquire()
                     piece = _Piece(Segment(len(self.segments), text))
@@ -588,7 +590,7 @@ def _terminal(exc: BaseException, closed: bool, what: str) -> BaseException:
 
 
 def _closing(stream: object) -> contextlib.AbstractAsyncContextManager[object]:
-    return contextlib.aclosing(stream) if hasattr(stream, "aclose") else contextlib.nullcontext()  # type: ignore[type-var]
+    return contextlib.aclosing(stream) if hasattr(stream, "aclose") else contextlib.nullcontext()
 
 
 def _join(parts: Iterable[str]) -> str:

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
-from livekit.agents import Agent, AgentServer, AgentSession, JobContext, cli
+from livekit.agents import NOT_GIVEN, Agent, AgentServer, AgentSession, JobContext, NotGivenOr, cli
+from livekit.agents import llm as lk_llm
+from livekit.agents import stt as lk_stt
+from livekit.agents import vad as lk_vad
 from livekit.plugins import glmtts
 
 ZHIPU_OPENAI_URL = "https://open.bigmodel.cn/api/paas/v4/"
@@ -57,15 +61,18 @@ def build_tts(config: AgentConfig) -> glmtts.TTS:
     return glmtts.TTS(voice=config.voice, api_key=key, base_url=config.tts_base_url)
 
 
-def build_session(config: AgentConfig) -> AgentSession:
+def build_session(config: AgentConfig) -> AgentSession[None]:
     """The session: STT and LLM when their keys are set (a TTS-only session otherwise), GLM-TTS always."""
-    stt = llm = vad = None
+    stt: NotGivenOr[lk_stt.STT[Any]] = NOT_GIVEN  # no STT, no LLM
+    llm: NotGivenOr[lk_llm.LLM[Any]] = NOT_GIVEN
+    vad: lk_vad.VAD | None = None  # no VAD (NOT_GIVEN would load LiveKit's default one)
     if config.zai_api_key:
         from livekit.plugins import openai
 
         llm = openai.LLM(model=config.llm_model, base_url=ZHIPU_OPENAI_URL, api_key=config.zai_api_key)
     if config.deepgram_api_key:  # pip install livekit-plugins-deepgram livekit-plugins-silero
-        from livekit.plugins import deepgram, silero
+        import livekit.plugins.deepgram as deepgram
+        import livekit.plugins.silero as silero
 
         stt = deepgram.STT(language="zh", api_key=config.deepgram_api_key)
         vad = silero.VAD.load()

@@ -103,7 +103,7 @@ class ScriptedAgent(FrameProcessor):
     """The keyless stand-in for STT + LLM: the next scripted reply after each user turn, streamed in
     small chunks like LLM tokens so the TTS speaks (and the device subtitles) it sentence by sentence."""
 
-    def __init__(self, replies: tuple[str, ...], **kwargs: object) -> None:
+    def __init__(self, replies: tuple[str, ...], **kwargs: Any) -> None:  # passed on to FrameProcessor
         super().__init__(**kwargs)
         self._replies: Iterator[str] = _cycle(replies)
 
@@ -147,7 +147,9 @@ def build_stt(config: BotConfig) -> FrameProcessor:
     from pipecat.services.deepgram.stt import DeepgramSTTService  # pip install "pipecat-ai[deepgram]"
 
     return DeepgramSTTService(
-        api_key=config.deepgram_api_key, settings=DeepgramSTTService.Settings(language=Language.ZH)
+        # None when DEEPGRAM_API_KEY is unset: left to Deepgram's client, as before type checking
+        api_key=config.deepgram_api_key,  # type: ignore[arg-type]
+        settings=DeepgramSTTService.Settings(language=Language.ZH),
     )
 
 

@@ -82,7 +82,8 @@ def _pair_table(single: np.ndarray) -> np.ndarray:
     """Decoded sample pairs, indexed by two code bytes read as one little-endian uint16."""
     idx = np.arange(65536, dtype=np.uint32)
     half = single.view(np.uint16).astype(np.uint32)
-    return (half[idx & 0xFF] | (half[idx >> 8] << 16)).astype("<u4")
+    pairs: np.ndarray = half[idx & 0xFF] | (half[idx >> 8] << 16)
+    return pairs.astype("<u4")
 
 
 _ULAW_DEC2 = _pair_table(_ULAW_DEC)

@@ -50,7 +50,7 @@ def _check_rate(sample_rate: object) -> int:
         raise InvalidRequestError(
             f"sample_rate for Opus must be one of {allowed}; got {sample_rate!r}", field="sample_rate"
         )
-    return sample_rate  # type: ignore[return-value]
+    return sample_rate
 
 
 class OpusEncoder:
@@ -182,7 +182,7 @@ class OpusDecoder:
 
     @staticmethod
     def _to_s16(frame: Any) -> bytes:
-        data = frame.to_ndarray()
+        data: np.ndarray = frame.to_ndarray()
         if data.dtype != np.int16:  # float planar from some builds
             data = np.clip(np.rint(data * 32768.0), -32768, 32767).astype(np.int16)
         return data.reshape(-1).astype("<i2").tobytes()

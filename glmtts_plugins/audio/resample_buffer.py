@@ -20,4 +20,5 @@ def resample_buffer(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
     if from_rate == to_rate or not pcm:
         return pcm
     samples = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2")
-    return soxr.resample(samples, from_rate, to_rate, quality="VHQ").astype("<i2").tobytes()
+    out: np.ndarray = soxr.resample(samples, from_rate, to_rate, quality="VHQ")
+    return out.astype("<i2").tobytes()

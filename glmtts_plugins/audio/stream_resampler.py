@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 try:  # the clip ufunc itself: np.clip's Python wrappers cost more than clipping 160 samples
-    from numpy._core.umath import clip as _clip  # numpy >= 2
+    from numpy._core.umath import clip as _clip  # type: ignore[attr-defined]  # numpy >= 2; not in its stubs
 except ImportError:  # pragma: no cover - numpy 1.26
 
     def _clip(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, out: np.ndarray) -> None:
@@ -225,7 +225,7 @@ class StreamResampler:
 
     def _allocate(self, rows: int) -> None:
         self._x = np.zeros((rows - 1) * self._step + self._span, "<i2")
-        self._mv = memoryview(self._x).cast("B")
+        self._mv = self._x.data.cast("B")
         # Row r is the input window of block row0 + r: overlapping rows, one view made once.
         self._rows = np.ndarray((rows, self._span), "<i2", self._x, 0, (2 * self._step, 2))
 
@@ -257,7 +257,8 @@ class StreamResampler:
             )
             self._out = self._buffers[2].reshape(-1)
             self._work = {}
-        work = self._work[n_rows] = tuple(b[:n_rows] for b in self._buffers)  # type: ignore[assignment]
+        windows, products, result = self._buffers
+        work = self._work[n_rows] = (windows[:n_rows], products[:n_rows], result[:n_rows])
         return work
 
     def _emit(self, end: int) -> bytes:

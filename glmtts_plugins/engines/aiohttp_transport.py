@@ -38,7 +38,7 @@ from yarl import URL
 
 __all__ = ["AiohttpTransport", "PoolState", "shared_ssl_context"]
 
-Trace = Callable[[str, dict], Awaitable[None]]
+Trace = Callable[[str, dict[str, Any]], Awaitable[None]]
 _CURRENT: contextvars.ContextVar[_RequestState | None] = contextvars.ContextVar(
     "glmtts_aiohttp_request", default=None
 )
@@ -85,7 +85,7 @@ class _RequestState:
         return True
 
 
-def _socket_factory(addr_info: tuple) -> socket.socket:
+def _socket_factory(addr_info: tuple[Any, ...]) -> socket.socket:
     family, type_, proto, _, _ = addr_info
     sock = socket.socket(family=family, type=type_, proto=proto)
     state = _CURRENT.get()
@@ -141,7 +141,7 @@ class _Body(httpx.AsyncByteStream):
         self._response = response
         self._content = response.content
 
-    def __aiter__(self) -> _Body:  # type: ignore[override]
+    def __aiter__(self) -> _Body:
         return self
 
     async def __anext__(self) -> bytes:

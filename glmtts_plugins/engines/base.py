@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeGuard, cast, runtime_checkable
 
 from ..audio.wav import pcm_to_wav
 from ..errors import APITimeoutError, InvalidRequestError
@@ -73,14 +73,14 @@ def check_timeout(value: object, field: str = "timeout", *, optional: bool = Tru
     """``value`` as seconds if it is a positive finite number (or ``None`` when ``optional``)."""
     if value is None and optional:
         return None
-    if not _is_number(value) or not value > 0:  # type: ignore[operator]
+    if not _is_number(value) or not value > 0:
         raise InvalidRequestError(
             f"{field} must be a positive finite number of seconds, got {value!r}", field=field
         )
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -101,10 +101,18 @@ def _checked(text: str, voice: str, speed: float, volume: float, timeout: object
     return check_timeout(timeout)
 
 
+class _Closable(Protocol):
+    def aclose(self) -> Awaitable[object]: ...
+
+
+def _closable(obj: object) -> TypeGuard[_Closable]:
+    return callable(getattr(obj, "aclose", None))
+
+
 def _closing(chunks: AsyncIterator[bytes]) -> contextlib.AbstractAsyncContextManager[object]:
     """Close ``chunks`` on exit when it can be closed (an async generator); a plain iterator cannot."""
-    if callable(getattr(chunks, "aclose", None)):
-        return contextlib.aclosing(chunks)  # type: ignore[type-var]
+    if _closable(chunks):
+        return contextlib.aclosing(chunks)
     return contextlib.nullcontext()
 
 
@@ -229,15 +237,15 @@ class _Adapted(BaseEngine):
     """A user's minimal engine given the whole contract; ``prewarm``/``aclose`` are forwarded when the
     engine has them, and ``timeout`` is the generic first-chunk bound."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.provider = str(getattr(inner, "provider", None) or type(inner).__name__)
         self.model = str(getattr(inner, "model", None) or type(inner).__name__)
         self._prewarm = getattr(inner, "prewarm", None)
         self._aclose = getattr(inner, "aclose", None)
 
-    @property  # type: ignore[override]
-    def sample_rate(self) -> int:
+    @property
+    def sample_rate(self) -> int:  # type: ignore[override]  # read-only: always the inner engine's rate
         return self.inner.sample_rate
 
     def __repr__(self) -> str:
@@ -275,4 +283,4 @@ def as_engine(obj: object) -> BaseEngine:
         or not callable(getattr(obj, "stream", None))
     ):
         raise TypeError("engine must have an integer sample_rate and a stream(text, ...) method")
-    return _Adapted(obj)
+    return _Adapted(cast(Engine, obj))  # it has what the protocol asks, checked just above

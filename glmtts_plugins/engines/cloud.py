@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from typing import ClassVar, Unpack
+from typing import Any, ClassVar, Unpack
 
 import httpx
 
@@ -78,8 +78,10 @@ class CloudEngine(HTTPEngine):
     def url(self) -> str:
         return f"{self.base_url}/audio/speech"
 
-    def _request_body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
-        body: dict = {
+    def _request_body(
+        self, text: str, stream: bool, *, voice: str, speed: float, volume: float
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "model": self.model,
             "input": text,
             "voice": voice,

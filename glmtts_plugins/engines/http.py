@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypedDict
+from typing import Any, ClassVar, Protocol, TypedDict
 
 import httpx
 
@@ -182,7 +182,9 @@ class HTTPEngine(BaseEngine):
     def url(self) -> str:
         raise NotImplementedError
 
-    def _request_body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
+    def _request_body(
+        self, text: str, stream: bool, *, voice: str, speed: float, volume: float
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     def _decoder(self, response: httpx.Response, request_id: str | None) -> AudioDecoder:
@@ -300,7 +302,9 @@ class HTTPEngine(BaseEngine):
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    async def _open(self, body: dict, deadline: float, attempt: Attempt, *, streamed: bool) -> httpx.Response:
+    async def _open(
+        self, body: dict[str, Any], deadline: float, attempt: Attempt, *, streamed: bool
+    ) -> httpx.Response:
         """Send the request and wait for the response head, within the attempt's deadline; an error
         status (or a JSON body) raises the engine's error for it. A streamed body's reads are bounded by
         the stream's own :class:`ReadDeadline`, so the transport gets no read timeout to re-arm per read."""
@@ -347,7 +351,7 @@ class HTTPEngine(BaseEngine):
             if failed:
                 await reap_orphans(self._client, attempt)
 
-    async def _stream_once(self, body: dict, timeout: float) -> AsyncIterator[bytes]:
+    async def _stream_once(self, body: dict[str, Any], timeout: float) -> AsyncGenerator[bytes, None]:
         """One streamed attempt: a deadline for the first audio (keep-alives do not extend it), then a
         read deadline moved on by each piece of audio; a sample split across reads is carried over."""
         loop = asyncio.get_running_loop()
@@ -420,7 +424,7 @@ class HTTPEngine(BaseEngine):
         attempt.note = ""
         return deadline
 
-    async def _fetch_wav(self, body: dict, timeout: float) -> bytes:
+    async def _fetch_wav(self, body: dict[str, Any], timeout: float) -> bytes:
         """Whole-WAV mode: one request, the WAV body checked for our rate and one channel."""
         loop = asyncio.get_running_loop()
         attempt = Attempt()
@@ -459,7 +463,8 @@ def _body_reads(response: httpx.Response, direct: bool) -> AsyncIterator[bytes]:
 
 
 def _media_type(response: httpx.Response) -> str:
-    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";")[0].strip().lower()
 
 
 def _refuse_a_page(response: httpx.Response, request_id: str | None, expected: str) -> None:

@@ -161,7 +161,12 @@ class _Job:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, *, gain: float, chunk_bytes: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[list[bytes] | _Done],
+        *,
+        gain: float,
+        chunk_bytes: int,
     ) -> None:
         self.abort = threading.Event()
         self._loop = loop
@@ -300,7 +305,7 @@ class _Espeak:
             raise GLMTTSError(f"espeak-ng synthesis failed (error {status})")
         job.end_run()
 
-    def _on_samples(self, wav: ctypes._Pointer, numsamples: int, events: int | None) -> int:
+    def _on_samples(self, wav: ctypes._Pointer[ctypes.c_short], numsamples: int, events: int | None) -> int:
         """espeak's synth callback: route samples to the current job; return 1 to stop synthesis."""
         job = self._job
         if job is None or job.abort.is_set():

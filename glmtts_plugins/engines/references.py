@@ -20,9 +20,10 @@ import json
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class VoiceRegistry(Mapping[str, ReferenceVoice]):
         return cls(voices)
 
     @classmethod
-    def _from_mapping(cls, data: Mapping, base: Path, where: str) -> VoiceRegistry:
+    def _from_mapping(cls, data: Mapping[str, Any], base: Path, where: str) -> VoiceRegistry:
         voices = {}
         for name, entry in data.items():
             text = entry.get("text") if isinstance(entry, Mapping) else None
@@ -147,7 +148,7 @@ class VoiceRegistry(Mapping[str, ReferenceVoice]):
     def __getitem__(self, name: str) -> ReferenceVoice:
         return self._voices[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._voices)
 
     def __len__(self) -> int:

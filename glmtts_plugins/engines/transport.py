@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -17,6 +20,9 @@ from ..errors import (
     InvalidRequestError,
     TruncatedStreamError,
 )
+
+if TYPE_CHECKING:
+    from httpcore import AsyncNetworkStream
 
 __all__ = [
     "Attempt",
@@ -58,10 +64,10 @@ class Attempt:
         self.reused: bool | None = None
         self.acquire_time: float | None = None
         self.started = time.perf_counter()
-        self._raw: object = None
+        self._raw: AsyncNetworkStream | None = None
         self.note = ""  # said after the phase when a timeout hits
 
-    async def trace(self, name: str, info: dict) -> None:
+    async def trace(self, name: str, info: dict[str, Any]) -> None:
         if name.endswith(".connect_tcp.complete"):
             self._raw = info.get("return_value")
             return
@@ -87,7 +93,7 @@ class Attempt:
         raw, self._raw = self._raw, None
         if raw is not None:
             with contextlib.suppress(Exception):
-                await raw.aclose()  # type: ignore[attr-defined]
+                await raw.aclose()
 
     def connection(self) -> ConnectionInfo | None:
         if self.acquire_time is None:
@@ -107,13 +113,13 @@ async def reap_orphans(client: httpx.AsyncClient, attempt: Attempt) -> None:
     holds and that is neither idle nor closed is removed and closed. Pools of other transports are left
     alone.
     """
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    pool: Any = getattr(getattr(client, "_transport", None), "_pool", None)  # httpcore internals
     try:
-        with pool._optional_thread_lock:  # type: ignore[union-attr]
-            requests = pool._requests  # type: ignore[union-attr]
+        with pool._optional_thread_lock:
+            requests = pool._requests
             requests[:] = [r for r in requests if r.request.extensions.get("trace") != attempt.trace]
             held = {id(r.connection) for r in requests if r.connection is not None}
-            connections = pool._connections  # type: ignore[union-attr]
+            connections = pool._connections
             orphans = [c for c in connections if id(c) not in held and not (c.is_idle() or c.is_closed())]
             for connection in orphans:
                 connections.remove(connection)
@@ -157,7 +163,7 @@ class BearerAuth(httpx.Auth):
     def __repr__(self) -> str:
         return "BearerAuth('***')"
 
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = "Bearer " + self._key.get()
         yield request
 
@@ -191,7 +197,9 @@ class translate_errors:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         if exc is None or isinstance(exc, GLMTTSError):
             return False
         phase = self.attempt.phase

@@ -20,7 +20,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Unpack
+from typing import Any, ClassVar, Unpack
 
 import httpx
 import numpy as np
@@ -58,7 +58,7 @@ class VllmOmniEngine(HTTPEngine):
         self,
         base_url: str | None = None,
         *,
-        voices: VoiceRegistry | str | Path | Mapping | None = None,
+        voices: VoiceRegistry | str | Path | Mapping[str, Mapping[str, str]] | None = None,
         model: str = DEFAULT_MODEL,
         api_key: str | None = None,
         **options: Unpack[HTTPOptions],
@@ -96,9 +96,11 @@ class VllmOmniEngine(HTTPEngine):
             )
         return self.voices.get_voice(voice)
 
-    def _request_body(self, text: str, stream: bool, *, voice: str, speed: float, volume: float) -> dict:
+    def _request_body(
+        self, text: str, stream: bool, *, voice: str, speed: float, volume: float
+    ) -> dict[str, Any]:
         reference = self._reference(voice)
-        body: dict = {
+        body: dict[str, Any] = {
             "model": self.model,
             "input": text,
             "ref_audio": reference.ref_audio,
@@ -155,7 +157,8 @@ def _gain(pcm: bytes, volume: float) -> bytes:
     if volume == 1.0 or not pcm:
         return pcm
     samples = np.frombuffer(pcm, "<i2").astype(np.float32) * volume
-    return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
+    clipped: np.ndarray = np.clip(np.rint(samples), -32768, 32767)
+    return clipped.astype("<i2").tobytes()
 
 
 def _openai_error(status: int, body: bytes, request_id: str | None) -> GLMTTSError:

@@ -52,7 +52,7 @@ class CloudAPI(SpeechAPI):
         error = {"message": problem.message} if code is None else {"code": code, "message": problem.message}
         return code, {"error": error}
 
-    def check(self, body: object, state: ServerState) -> tuple[dict, Problem | None]:
+    def check(self, body: object, state: ServerState) -> tuple[dict[str, Any], Problem | None]:
         if not isinstance(body, dict):
             return {}, Problem(400, "request body must be a JSON object", code="1210")
         return body, _problem(body, state)
@@ -60,7 +60,9 @@ class CloudAPI(SpeechAPI):
     def injected(self, status: int, code: str) -> Problem:
         return Problem(status, "injected failure", code=code or None)
 
-    async def reply(self, body: dict, state: ServerState, faults: Faults, rec: RequestRecord) -> Response:
+    async def reply(
+        self, body: dict[str, Any], state: ServerState, faults: Faults, rec: RequestRecord
+    ) -> Response:
         options = {
             "voice": body.get("voice", DEFAULT_VOICE),
             "speed": float(body.get("speed") or 1.0),
@@ -77,7 +79,7 @@ class CloudAPI(SpeechAPI):
         return await whole(pcm, body.get("response_format") or "pcm", faults, rec)
 
 
-def _problem(body: dict, state: ServerState) -> Problem | None:
+def _problem(body: dict[str, Any], state: ServerState) -> Problem | None:
     """Validate like the cloud does: the first problem, with its business code."""
     if "model" not in body:
         return Problem(400, "missing parameter: model", code="1213")

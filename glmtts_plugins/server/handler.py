@@ -85,7 +85,7 @@ class SpeechAPI(abc.ABC):
         """``(code for the record, JSON body)`` of the API's error reply."""
 
     @abc.abstractmethod
-    def check(self, body: object, state: ServerState) -> tuple[dict, Problem | None]:
+    def check(self, body: object, state: ServerState) -> tuple[dict[str, Any], Problem | None]:
         """``(what the record keeps of the body, the first problem or None)``."""
 
     @abc.abstractmethod
@@ -93,7 +93,9 @@ class SpeechAPI(abc.ABC):
         """The reply to an injected ``status=``/``code=`` fault."""
 
     @abc.abstractmethod
-    async def reply(self, body: dict, state: ServerState, faults: Faults, rec: RequestRecord) -> Response:
+    async def reply(
+        self, body: dict[str, Any], state: ServerState, faults: Faults, rec: RequestRecord
+    ) -> Response:
         """Produce the audio for a valid request: a streaming response, or :func:`whole`."""
 
 

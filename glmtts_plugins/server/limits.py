@@ -55,7 +55,7 @@ class _LimitedH11Protocol(H11Protocol):
     limits: ClassVar[ConnectionLimits]
     _head_deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             transport.write(_REFUSED)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from .faults import Faults
 
@@ -30,7 +31,7 @@ class RequestRecord:
 
     id: str
     path: str
-    body: dict = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
     #: request headers, names lower-cased; an ``authorization`` value is masked as ``Bearer ***``
     headers: dict[str, str] = field(default_factory=dict)
     fault: str = ""

@@ -15,7 +15,8 @@ import json
 import random
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -85,10 +86,10 @@ class _AudioStreamResponse(Response):
             if self.rec.outcome == "running":
                 self.rec.finish("disconnected")
             return
-        if producer.done() and not producer.cancelled() and producer.exception() is not None:
+        if producer.done() and not producer.cancelled() and (error := producer.exception()) is not None:
             if self.rec.outcome == "running":  # an unexpected failure still ends the record
                 self.rec.finish("error")
-            raise producer.exception()  # type: ignore[misc]
+            raise error
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -104,7 +105,7 @@ class _AudioStreamResponse(Response):
             data = data[n:]
             await asyncio.sleep(0)
 
-    async def _paced(self) -> AsyncIterator[bytes]:
+    async def _paced(self) -> AsyncGenerator[bytes, None]:
         """The audio re-cut and paced as the faults say; raises for ``disconnect_after``/``error_after``."""
         f, rec = self.faults, self.rec
         audio = _rechunk(self.audio, f.chunk_bytes) if f.chunk_bytes > 0 else self.audio
@@ -161,7 +162,7 @@ class SSEAudioResponse(_AudioStreamResponse):
         super().__init__(audio, faults=faults, rec=rec, content_type="text/event-stream; charset=utf-8")
         self.encode = encode
 
-    def _event(self, obj: dict, *, last: bool = False) -> bytes:
+    def _event(self, obj: dict[str, Any], *, last: bool = False) -> bytes:
         eol = self.faults.eol
         head = b": keep-alive" + eol + eol if self.faults.comments else b""
         extra = b"event: message" + eol + b"id: %d" % self.rec.events + eol if self.faults.comments else b""

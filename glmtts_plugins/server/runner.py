@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import uvicorn
 
@@ -78,7 +78,7 @@ class ThreadedServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        lifespan: str = "off",
+        lifespan: Literal["auto", "on", "off"] = "off",
         limits: ConnectionLimits | None = None,
     ) -> None:
         self.app = app
@@ -109,15 +109,16 @@ class ThreadedServer:
 
     def start(self) -> Self:
         """Serve in a background thread; returns once the server accepts connections."""
-        self._server, sock = self._uvicorn(log_level="warning", access_log=False)
+        server, sock = self._uvicorn(log_level="warning", access_log=False)
+        self._server = server
         self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[sock])),  # type: ignore[union-attr]
+            target=lambda: asyncio.run(server.serve(sockets=[sock])),
             name=f"glmtts-server-{self.port}",
             daemon=True,
         )
         self._thread.start()
         deadline = time.monotonic() + 30
-        while not self._server.started:
+        while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.005)
@@ -198,7 +199,8 @@ class LocalServer(ThreadedServer):
 
     @property
     def state(self) -> ServerState:
-        return self.app.state.glmtts
+        state: ServerState = self.app.state.glmtts
+        return state
 
     @property
     def records(self) -> list[RequestRecord]:

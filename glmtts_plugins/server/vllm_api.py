@@ -58,7 +58,7 @@ class VllmAPI(SpeechAPI):
         }
         return str(status), {"error": error}
 
-    def check(self, body: object, state: ServerState) -> tuple[dict, Problem | None]:
+    def check(self, body: object, state: ServerState) -> tuple[dict[str, Any], Problem | None]:
         if not isinstance(body, dict):
             return {}, Problem(400, "request body must be a JSON object")
         ref_summary, ref_problem = _summarize_ref_audio(body.get("ref_audio"))
@@ -72,7 +72,9 @@ class VllmAPI(SpeechAPI):
     def injected(self, status: int, code: str) -> Problem:
         return Problem(status, "injected failure" + (f" (code {code})" if code else ""))
 
-    async def reply(self, body: dict, state: ServerState, faults: Faults, rec: RequestRecord) -> Response:
+    async def reply(
+        self, body: dict[str, Any], state: ServerState, faults: Faults, rec: RequestRecord
+    ) -> Response:
         speed = body.get("speed")
         lo, hi = SPEED_RANGE
         speed = 1.0 if speed is None else min(hi, max(lo, float(speed)))
@@ -149,7 +151,7 @@ def _summarize_ref_audio(value: object) -> tuple[object, str | None]:
     return summary, None
 
 
-def _check_body(body: dict, ref_problem: str | None) -> tuple[str, str] | None:
+def _check_body(body: dict[str, Any], ref_problem: str | None) -> tuple[str, str] | None:
     """Validate like vLLM-Omni serving GLM-TTS; return ``(param, message)`` for the first problem.
 
     ``ref_problem`` is what :func:`_summarize_ref_audio` found; unknown fields are ignored, like vLLM does.

@@ -245,7 +245,7 @@ class Segmenter:
                     return _NO_CUT
             run = ""
         else:
-            j = _TERM_RUN.match(buf, i).end()  # type: ignore[union-attr]
+            j = _TERM_RUN.match(buf, i).end()  # type: ignore[union-attr]  # buf[i] is a terminator: a match
             run = buf[i:j]
 
         speakable = _SPEAKABLE.search(buf, j)

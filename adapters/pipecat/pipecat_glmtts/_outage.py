@@ -73,7 +73,7 @@ class OutageGuard(BaseEngine):
             yielded = False
             try:
                 chunks = self.engine.stream(text, voice=voice, speed=speed, volume=volume, timeout=timeout)
-                async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                async with contextlib.aclosing(chunks):
                     async for chunk in chunks:
                         if not yielded:
                             yielded = True

@@ -33,7 +33,6 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     StartFrame,
-    TextType,
     TTSAudioRawFrame,
     TTSSpeakFrame,
     TTSStoppedFrame,
@@ -43,6 +42,7 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
 from pipecat.utils.errors import ErrorCategory
+from pipecat.utils.text.base_text_aggregator import TextType
 from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
@@ -198,6 +198,7 @@ class GLMHttpTTSService(TTSService):
                 setattr(defaults, target, value)
         if settings is not None:
             defaults.apply_update(settings)
+        # Pipecat's settings fields admit NOT_GIVEN and None; VoiceOptions refuses them, naming the field
         options = VoiceOptions(defaults.voice, defaults.speed, defaults.volume)  # type: ignore[arg-type]
         if not isinstance(defaults.model, str) or not defaults.model.strip():
             message = f"model must be a non-empty string; got {defaults.model!r}"
@@ -326,7 +327,7 @@ class GLMHttpTTSService(TTSService):
 
     # -- settings -----------------------------------------------------------------------------------
 
-    async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
+    async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:  # type: ignore[override]  # as TTSService's
         """Apply a settings change to the next utterance; a bad value is refused, the old one kept."""
         old = (self._settings.voice, self._settings.speed, self._settings.volume, self._settings.model)
         changed = await super()._update_settings(delta)
@@ -342,7 +343,7 @@ class GLMHttpTTSService(TTSService):
             return {}
         self._synth.update_options(voice=options.voice, speed=options.speed, volume=options.volume)
         if "model" in changed:
-            self._set_engine_model(s.model)  # type: ignore[arg-type]
+            self._set_engine_model(s.model)
         self._changed_at_runtime |= set(changed) & {"voice", "model", "speed", "volume"}
         return changed
 
@@ -452,7 +453,7 @@ class GLMHttpTTSService(TTSService):
                 if not isinstance(f, TTSTextFrame)
                 and not (isinstance(f, AggregatedTextFrame) and f.will_be_spoken and not f.skip_tts)
             ]
-        await super()._push_sequencer_frames(frames, context_id)  # type: ignore[misc]
+        await super()._push_sequencer_frames(frames, context_id)
 
     async def tts_process_generator(
         self, context_id: str, generator: AsyncGenerator[Frame | None, None]

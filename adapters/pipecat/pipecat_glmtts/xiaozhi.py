@@ -45,7 +45,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from loguru import logger
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer
@@ -213,7 +213,7 @@ def unpack(data: bytes, version: int) -> tuple[int, bytes]:
 
 def _version(value: object) -> int | None:
     try:
-        version = int(value)  # type: ignore[call-overload]
+        version = int(value)  # type: ignore[call-overload]  # any header or JSON value: int() decides
     except (TypeError, ValueError):
         return None
     return version if version in (1, 2, 3) else None
@@ -259,7 +259,9 @@ async def accept_device(
     hello = await _read_hello(websocket, hello_timeout, device_id)
     if hello is None:
         return None
-    params = hello.get("audio_params") if isinstance(hello.get("audio_params"), dict) else {}
+    params = hello.get("audio_params")
+    if not isinstance(params, dict):
+        params = {}
     if params.get("format", "opus") != "opus":
         logger.warning(f"xiaozhi: device {device_id!r} sends {params.get('format')!r}, not opus")
         await _close(websocket, CLOSE_UNSUPPORTED)
@@ -277,7 +279,7 @@ async def accept_device(
         else 16000,
         sample_rate=sample_rate,
         frame_ms=frame_ms if type(frame_ms) is int and frame_ms in DEVICE_FRAME_MS else 60,
-        features=hello.get("features") if isinstance(hello.get("features"), dict) else {},
+        features=features if isinstance(features := hello.get("features"), dict) else {},
     )
     await websocket.send_text(json.dumps(session.server_hello()))
     logger.info(
@@ -340,7 +342,7 @@ class XiaozhiFrameSerializer(FrameSerializer):
         self._resampler: StreamResampler | None = None
         self._in_rate = 16000
 
-    async def setup(self, setup: FrameProcessorSetup) -> None:
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]  # as Pipecat's own
         await super().setup(setup)
         self._in_rate = setup.audio_in_sample_rate
         rate = self.session.device_sample_rate
@@ -360,7 +362,8 @@ class XiaozhiFrameSerializer(FrameSerializer):
         if isinstance(data, bytes | bytearray):
             frame = await self._binary(bytes(data))
         elif len(data) > MAX_TEXT_BYTES:
-            frame = await self._too_big(len(data))
+            await self._too_big(len(data))
+            frame = None
         else:
             frame = self._text(data)
         if self.session.malformed > MAX_MALFORMED:
@@ -370,41 +373,49 @@ class XiaozhiFrameSerializer(FrameSerializer):
 
     async def _binary(self, data: bytes) -> Frame | None:
         if len(data) > MAX_BINARY_BYTES:
-            return await self._too_big(len(data))
+            await self._too_big(len(data))
+            return None
         try:
             kind, payload = unpack(data, self.session.protocol_version)
         except _BadFrame as exc:
-            return self._malformed(f"binary frame: {exc}")
+            self._malformed(f"binary frame: {exc}")
+            return None
         if kind == 1:
             return self._text(payload.decode("utf-8", "replace"))
-        if self._decoder is None or self._resampler is None:
-            self._setup_default()
+        decoder, resampler = self._decoder, self._resampler
+        if decoder is None or resampler is None:
+            decoder, resampler = self._setup_default()
         try:
-            pcm = self._decoder.decode(payload)  # type: ignore[union-attr]
+            pcm = decoder.decode(payload)
         except ValueError as exc:
-            return self._malformed(str(exc))
-        audio = self._resampler.process(pcm)  # type: ignore[union-attr]
+            self._malformed(str(exc))
+            return None
+        audio = resampler.process(pcm)
         if not audio:
             return None
         return InputAudioRawFrame(audio=audio, sample_rate=self._in_rate, num_channels=1)
 
-    def _setup_default(self) -> None:
+    def _setup_default(self) -> tuple[OpusDecoder, StreamResampler]:
         """Decoder set-up when the transport did not call :meth:`setup` (16 kHz input)."""
         self._decoder = OpusDecoder(self.session.device_sample_rate)
         self._resampler = StreamResampler(self.session.device_sample_rate, self._in_rate)
+        return self._decoder, self._resampler
 
     def _text(self, text: str) -> Frame | None:
         try:
             message = json.loads(text)
         except ValueError:
-            return self._malformed(f"not JSON: {text[:80]!r}")
+            self._malformed(f"not JSON: {text[:80]!r}")
+            return None
         if not isinstance(message, dict):
-            return self._malformed(f"not a JSON object: {text[:80]!r}")
+            self._malformed(f"not a JSON object: {text[:80]!r}")
+            return None
         kind = message.get("type")
         if kind == "listen":
             state, mode = message.get("state"), message.get("mode")
             if state not in ("start", "stop", "detect") or (state == "start" and mode not in _LISTEN_MODES):
-                return self._malformed(f"listen with state={state!r} mode={mode!r}")
+                self._malformed(f"listen with state={state!r} mode={mode!r}")
+                return None
             if state == "start":
                 self.session.listen_mode, self.session.listening = mode, True
             elif state == "stop":
@@ -415,7 +426,8 @@ class XiaozhiFrameSerializer(FrameSerializer):
         if kind == "hello":
             logger.debug("xiaozhi: repeated hello ignored")
             return None
-        return self._malformed(f"unknown message type {str(kind)[:40]!r}")
+        self._malformed(f"unknown message type {str(kind)[:40]!r}")
+        return None
 
     def _malformed(self, what: str) -> None:
         self.session.malformed += 1
@@ -428,7 +440,7 @@ class XiaozhiFrameSerializer(FrameSerializer):
         return None
 
 
-def _is_device_message(frame: Frame) -> bool:
+def _is_device_message(frame: Frame) -> TypeGuard[XiaozhiMessageFrame]:
     return isinstance(frame, XiaozhiMessageFrame)
 
 
@@ -458,7 +470,7 @@ class XiaozhiTurns(FrameProcessor):
     def _server_vad(self) -> bool:
         return self.session.listen_mode in ("auto", "realtime")
 
-    async def setup(self, setup: FrameProcessorSetup) -> None:
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]  # as Pipecat's own
         await super().setup(setup)
         if self._vad is not None:
             await self._vad.setup(setup)
@@ -479,7 +491,7 @@ class XiaozhiTurns(FrameProcessor):
             elif isinstance(frame, InputAudioRawFrame) and self._server_vad:
                 await self._vad.process_frame(frame)
         if direction is FrameDirection.DOWNSTREAM and _is_device_message(frame):
-            await self._device_message(frame.message)  # type: ignore[attr-defined]
+            await self._device_message(frame.message)
 
     async def _device_message(self, message: dict[str, Any]) -> None:
         kind, state = message.get("type"), message.get("state")
@@ -521,9 +533,6 @@ class XiaozhiTurns(FrameProcessor):
         await self.broadcast_frame(frame_cls, **kwargs)
 
 
-_END = object()
-
-
 class _Reply:
     """One TTS context on its way to the device: framed, Opus-encoded, queued for the sender."""
 
@@ -533,7 +542,7 @@ class _Reply:
         self.encoder = OpusEncoder(rate, frame_ms)  # fresh per reply: no state from the last one
         self.framer = Framer(rate, frame_ms, pad_last=True)
         self.resampler: StreamResampler | None = None
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.queue: asyncio.Queue[SpeechFrame | None] = asyncio.Queue()  # None: the end
         self.segment = -1
         self.text = ""
         self.samples = 0
@@ -561,7 +570,7 @@ class _Reply:
 
     def finish(self) -> None:
         self.end_piece()
-        self.queue.put_nowait(_END)
+        self.queue.put_nowait(None)
 
     def _put(self, frames: list[bytes]) -> None:
         for pcm in frames:
@@ -575,8 +584,8 @@ class _Reply:
             self.queue.put_nowait(frame)
 
     async def frames(self) -> AsyncIterator[SpeechFrame]:
-        while (item := await self.queue.get()) is not _END:
-            yield item  # type: ignore[misc]
+        while (item := await self.queue.get()) is not None:
+            yield item
 
 
 class XiaozhiSpeaker(FrameProcessor):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Never
 
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -38,7 +39,7 @@ NOTHING_TO_SAY_MS = 10
 (punctuation or emoji only) gets this much silence instead of a request."""
 
 
-class TTS(tts.TTS):
+class TTS(tts.TTS[Never]):  # no events beyond LiveKit's own
     """GLM-TTS for ``AgentSession``: ``glmtts.TTS(voice="tongtong")``.
 
     Engine: the GLM-TTS cloud by default (``api_key`` or ``ZAI_API_KEY`` / ``ZHIPUAI_API_KEY``); a
