@@ -169,7 +169,7 @@ class StreamResampler:
             self._block, self._step, self._span = plan.block, plan.step, plan.span
             self._first, self._m = plan.first, plan.matrix
             self._allocate(-(-_HISTORY // self._step))
-            self._work: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+            self._work: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             self._out = np.empty(0, "<i2")
         self.reset()
 
@@ -243,22 +243,18 @@ class StreamResampler:
             self._allocate(max(2 * len(self._rows), (w + need) // self._step + 2))
             self._x[:w] = x[:w]
 
-    def _make_work(self, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def _make_work(self, n_rows: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Buffers for a product of ``n_rows`` blocks, kept between calls, and their views (slicing a
-        view costs about as much as a small product): windows as float64, products, 16-bit result."""
+        view costs about as much as a small product): products, 16-bit result."""
         if n_rows > _WORK_ROWS:
             return None
         if n_rows > len(self._out) // self._block:  # grow (a little ahead: chunk sizes vary by a row)
             size = min(_WORK_ROWS, n_rows + 2)
-            self._buffers = (
-                np.empty((size, self._span)),
-                np.empty((size, self._block)),
-                np.empty((size, self._block), "<i2"),
-            )
-            self._out = self._buffers[2].reshape(-1)
+            self._buffers = (np.empty((size, self._block)), np.empty((size, self._block), "<i2"))
+            self._out = self._buffers[1].reshape(-1)
             self._work = {}
-        windows, products, result = self._buffers
-        work = self._work[n_rows] = (windows[:n_rows], products[:n_rows], result[:n_rows])
+        products, result = self._buffers
+        work = self._work[n_rows] = (products[:n_rows], result[:n_rows])
         return work
 
     def _emit(self, end: int) -> bytes:
@@ -269,14 +265,15 @@ class StreamResampler:
         n_rows = (end - 1) // block + 1 - first_row
         rows = self._rows[first_row - self._row0 : first_row - self._row0 + n_rows]
         work = self._work.get(n_rows) or self._make_work(n_rows)
+        # numpy converts the int16 windows to float64 in one copy of its own (as fast as copying them
+        # into a buffer kept here, and no buffer per resampler to keep warm in cache)
         if work is None:  # a long chunk: allocate
             y = np.dot(rows, self._m)
             out = np.empty(y.shape, "<i2")
             flat = out.reshape(-1)
         else:
-            window, y, out = work
-            np.copyto(window, rows)  # the int16 windows as float64
-            np.dot(window, self._m, out=y)
+            y, out = work
+            np.dot(rows, self._m, out=y)
             flat = self._out
         _clip(y, _LO, _HI, out=y)
         np.rint(y, out=out, casting="unsafe")  # in range and integral: the cast is exact
