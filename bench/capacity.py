@@ -45,9 +45,9 @@ FORMATS = {"mulaw8k": (8000, "mulaw"), "pcm16k": (16000, "pcm_s16le")}
 
 
 def corpus() -> list[str]:
-    if CORPUS.exists():
-        return [json.loads(line)["text"] for line in CORPUS.read_text("utf-8").splitlines() if line.strip()]
-    return ["您好，这里是星河银行信用卡中心，我是智能客服小星。请问有什么可以帮您？"]  # pragma: no cover
+    from ._corpus import replies
+
+    return replies(fallback="您好，这里是星河银行信用卡中心，我是智能客服小星。请问有什么可以帮您？")
 
 
 def text_of_length(n: int, replies: list[str]) -> str:
