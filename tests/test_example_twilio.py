@@ -27,9 +27,10 @@ from examples.pipecat_twilio.bot import (  # noqa: E402
 )
 from glmtts_plugins import OfflineEngine  # noqa: E402
 from glmtts_plugins.audio import StreamResampler, lin2ulaw, ulaw2lin  # noqa: E402
-from glmtts_plugins.server import LocalServer, ThreadedServer  # noqa: E402
-from glmtts_plugins.testing import ToneEngine  # noqa: E402
+from glmtts_plugins.server import ThreadedServer  # noqa: E402
 from glmtts_plugins.text import Segmenter  # noqa: E402
+
+from .conftest import local_server  # noqa: E402
 
 STREAM_SID = "MZ00000000000000000000000000000001"
 PACKET = 160  # 20 ms of 8 kHz μ-law, what Twilio sends
@@ -214,7 +215,7 @@ async def test_the_real_mode_greeting_enters_the_context_once() -> None:
     from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
     from pipecat.tests.utils import run_test
 
-    with LocalServer(ToneEngine(), tokens=["k" * 16]) as srv:
+    with local_server(tokens=["k" * 16]) as srv:
         config = BotConfig(zai_api_key="not-used", tts_base_url=srv.base_url, tts_api_key="k" * 16)
         context = new_context()
         await run_test(

@@ -29,6 +29,8 @@ from glmtts_plugins import OfflineEngine  # noqa: E402
 from glmtts_plugins.audio import OpusDecoder, OpusEncoder, StreamResampler  # noqa: E402
 from glmtts_plugins.server import LocalServer, ThreadedServer  # noqa: E402
 
+from .conftest import local_server  # noqa: E402
+
 TOKEN = "device-token-3f9a"
 KEY = "local-key-7c1d"
 PREBUFFER_MS = 300
@@ -209,7 +211,7 @@ def connect(port: int, version: int | None = 1, token: str | None = TOKEN, **kw:
 def tts_server():
     """GLM-TTS's stand-in, streaming at twice real time like the cloud (so a reply is still being
     synthesized when the user aborts it)."""
-    with LocalServer(OfflineEngine(), tokens=[KEY], faults="rtf=0.5") as srv:
+    with local_server(OfflineEngine(), tokens=[KEY], faults="rtf=0.5") as srv:
         yield srv
 
 

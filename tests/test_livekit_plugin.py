@@ -23,7 +23,7 @@ from glmtts_plugins.testing import ToneEngine, llm_tokens
 from glmtts_plugins.text import Segmenter
 
 from ._livekit import HeadCounter, assert_pushed_audio, start_roomless
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
 TEXT = "您好，这里是星河银行信用卡中心，请问有什么可以帮您？"
@@ -68,7 +68,7 @@ async def drain(stream: object) -> list[rtc.AudioFrame]:
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
 async def test_synthesize_collect_has_the_right_rate_and_duration(rate: int) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         async with plugin(srv, sample_rate=rate) as tts:
             frame = await tts.synthesize(TEXT).collect()
     assert frame.sample_rate == rate and frame.num_channels == 1
@@ -76,7 +76,7 @@ async def test_synthesize_collect_has_the_right_rate_and_duration(rate: int) -> 
 
 
 async def test_model_provider_and_bad_options() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = plugin(srv)
         assert (tts.model, tts.provider) == ("glm-tts", "GLM-TTS")  # a brand name, not the host
         assert srv.base_url.startswith(tts.engine.base_url)  # the host stays available for logs
@@ -109,7 +109,7 @@ async def test_no_key_fails_at_construction_naming_the_variables(monkeypatch: py
 
 
 async def test_use_after_aclose_is_a_livekit_error_that_is_not_retried() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = plugin(srv)
         await tts.synthesize("第一句。").collect()
         await tts.aclose()
@@ -130,7 +130,7 @@ async def test_use_after_aclose_is_a_livekit_error_that_is_not_retried() -> None
 
 
 async def test_an_engine_closed_by_its_owner_is_a_livekit_error_that_is_not_retried() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         engine = CloudEngine(api_key=API_KEY, base_url=srv.base_url)
         tts = glmtts.TTS(engine=engine)
         await engine.aclose()  # the application's engine, closed under the plugin
@@ -167,7 +167,7 @@ async def test_prewarm_runs_again_once_the_previous_one_finished() -> None:
 
 
 async def test_metrics_tell_whether_the_prewarmed_connection_was_reused() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         cold = plugin(srv)
         metrics: list[object] = []
         cold.on("metrics_collected", metrics.append)
@@ -195,7 +195,7 @@ async def test_stream_sends_one_request_per_segment_in_order_first_at_the_first_
     first one leaves as soon as the first clause is decided, before the rest of the reply exists."""
     rng = random.Random(11)
     early = 0
-    with LocalServer(ToneEngine(ms_per_char=2), tokens=[API_KEY]) as srv:
+    with local_server(ToneEngine(ms_per_char=2)) as srv:
         async with plugin(srv) as tts:
             for text in replies():
                 tokens = llm_tokens(text, rng)
@@ -234,7 +234,7 @@ async def test_random_interruptions_push_nothing_afterwards_and_disconnect() -> 
     rng = random.Random(5)
     texts = replies()
     mid_flight = 0
-    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(faults="rtf=0.5") as srv:
         async with plugin(srv) as tts:
             for run in range(50):
                 stream = tts.stream()
@@ -259,7 +259,7 @@ async def test_random_interruptions_push_nothing_afterwards_and_disconnect() -> 
 async def test_failure_after_audio_is_not_retried_and_not_duplicated() -> None:
     tone = ToneEngine(chunk_bytes=960)
     faults = "when_input=请问;error_after=4;error_code=500"
-    with LocalServer(tone, tokens=[API_KEY], faults=faults) as srv:
+    with local_server(tone, faults=faults) as srv:
         async with plugin(srv) as tts:
             stream = tts.stream(conn_options=FAST)
             stream.push_text("您好，这里是星河银行信用卡中心。请问有什么可以帮您？")
@@ -284,7 +284,7 @@ async def test_failure_after_audio_is_not_retried_and_not_duplicated() -> None:
 
 async def test_failure_before_audio_is_retried_by_the_framework() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY], faults="status=500;code=500;times=2") as srv:
+    with local_server(tone, faults="status=500;code=500;times=2") as srv:
         async with plugin(srv) as tts:
             frame = await tts.synthesize(TEXT, conn_options=FAST).collect()
             srv.state._fault_counts.clear()  # the stream's first request fails too
@@ -308,7 +308,7 @@ async def test_failure_before_audio_is_retried_by_the_framework() -> None:
 
 
 async def test_update_options_between_turns() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         async with plugin(srv, voice="tongtong") as tts:
             await tts.synthesize("第一句。").collect()
             tts.update_options(voice="xiaochen", speed=1.5, volume=3.0)
@@ -324,7 +324,7 @@ async def test_update_options_between_turns() -> None:
 
 @pytest.mark.parametrize("text", ["。", "……！", "😊"])
 async def test_nothing_to_say_makes_no_request_and_no_error(text: str) -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         async with plugin(srv) as tts:
             frame = await tts.synthesize(text, conn_options=FAST).collect()
             stream = tts.stream(conn_options=FAST)
@@ -341,7 +341,7 @@ async def test_roomless_agent_session_say_then_interrupt() -> None:
         "您好，这里是星河银行信用卡中心。我们今天为您准备了一份新的优惠活动，"
         "消费满两百元立减三十元。每人限一次。"
     )
-    with LocalServer(ToneEngine(ms_per_char=150), tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(ToneEngine(ms_per_char=150), faults="rtf=0.5") as srv:
         async with plugin(srv) as tts:
             session = AgentSession(tts=tts)
             sink, sync = await start_roomless(session, Agent(instructions="客服"))
@@ -378,7 +378,7 @@ async def test_interrupted_english_transcript_matches_what_was_heard(rate: int) 
     start and falls back to its own speech-rate guess). The tone speaks faster than that guess."""
     ms_per_char, interrupt_s = 35.0, 5.0
     tone = ToneEngine(ms_per_char=ms_per_char)
-    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(tone, faults="rtf=0.5") as srv:
         async with plugin(srv, sample_rate=rate) as tts:
             session = AgentSession(tts=tts, use_tts_aligned_transcript=True)
             sink, sync = await start_roomless(session, Agent(instructions="support"))

@@ -11,10 +11,9 @@ import random
 import time
 
 from glmtts_plugins import CloudEngine, RetryPolicy
-from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY, other_tasks
+from .conftest import API_KEY, local_server, other_tasks
 
 CANCELS = 500  # about 10 s here; 1 000 were run by hand with the same result
 
@@ -29,7 +28,7 @@ def open_sockets() -> int:
 
 async def test_randomized_barge_in_leaves_no_connection_and_no_socket() -> None:
     rng = random.Random(13)
-    with LocalServer(ToneEngine(ms_per_char=20), tokens=[API_KEY], faults="chunk_ms=2") as srv:
+    with local_server(ToneEngine(ms_per_char=20), faults="chunk_ms=2") as srv:
         baseline = open_sockets()
         before = other_tasks()
         retry = RetryPolicy(max_retries=0)

@@ -17,10 +17,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from glmtts_plugins.server import ConnectionLimits, LocalServer, ThreadedServer
-from glmtts_plugins.testing import ToneEngine
+from glmtts_plugins.server import ConnectionLimits, ThreadedServer
 
-from .conftest import API_KEY
+from .conftest import local_server
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc")
 
@@ -142,7 +141,7 @@ def _closed_within(
 
 
 def test_request_log_is_bounded_by_count_and_bytes() -> None:
-    with LocalServer(ToneEngine(), tokens=[TOKEN], max_records=100, max_record_bytes=1_000_000) as srv:
+    with local_server(tokens=[TOKEN], max_records=100, max_record_bytes=1_000_000) as srv:
         statuses = _flood(srv.port, _hostile_mix(700))
         state = srv.state
         assert statuses.count(200) == 700 and statuses.count(404) == 700 and statuses.count(400) == 100
@@ -257,7 +256,7 @@ def test_a_kept_alive_connection_is_closed_after_the_header_timeout(limited: tup
 
 def test_limits_apply_to_local_server_too() -> None:
     limits = ConnectionLimits(header_timeout=0.5, max_connections=8)
-    with LocalServer(ToneEngine(), tokens=[API_KEY], limits=limits) as srv:
+    with local_server(limits=limits) as srv:
         with _connections(srv.port, 12) as socks:
             closed = _closed_within(socks, within=4.0)
         assert None not in closed and sum(c < 0.25 for c in closed) >= 4  # type: ignore[operator]
