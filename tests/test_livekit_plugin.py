@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +14,8 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError
 from livekit.plugins import glmtts
 
+from bench import _corpus
 from glmtts_plugins import CloudEngine, InvalidRequestError
-from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine, llm_tokens
 from glmtts_plugins.text import Segmenter
@@ -25,7 +23,6 @@ from glmtts_plugins.text import Segmenter
 from ._livekit import HeadCounter, assert_pushed_audio, start_roomless
 from .conftest import API_KEY, local_server
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
 TEXT = "您好，这里是星河银行信用卡中心，请问有什么可以帮您？"
 FAST = APIConnectOptions(max_retry=3, retry_interval=0.01, timeout=10)
 
@@ -44,15 +41,10 @@ def plugin(srv: LocalServer, **kw: object) -> glmtts.TTS:
     return glmtts.TTS(api_key=API_KEY, base_url=srv.base_url, **kw)  # type: ignore[arg-type]
 
 
-def pcm_at(tone: ToneEngine, text: str, rate: int) -> bytes:
-    rs = StreamResampler(24000, rate)
-    return rs.process(tone.pcm(text)) + rs.flush()
-
-
 def replies() -> list[str]:
-    if not CORPUS.exists():
+    if not _corpus.CORPUS.exists():
         pytest.skip("shared/corpus not beside the project")
-    return [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    return _corpus.replies()
 
 
 def pieces_of(text: str, tokens: list[str]) -> list[str]:
@@ -72,7 +64,7 @@ async def test_synthesize_collect_has_the_right_rate_and_duration(rate: int) -> 
         async with plugin(srv, sample_rate=rate) as tts:
             frame = await tts.synthesize(TEXT).collect()
     assert frame.sample_rate == rate and frame.num_channels == 1
-    assert_pushed_audio([frame], pcm_at(tone, TEXT, rate))  # tail included, nothing lost
+    assert_pushed_audio([frame], tone.pcm_at(TEXT, rate))  # tail included, nothing lost
 
 
 async def test_model_provider_and_bad_options() -> None:

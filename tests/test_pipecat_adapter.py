@@ -24,7 +24,6 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 from pipecat_glmtts import GLMHttpTTSService
 
-from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
@@ -45,8 +44,7 @@ def service(srv: LocalServer, **kw: object) -> GLMHttpTTSService:
 
 
 def expected_samples(tone: ToneEngine, text: str, rate: int) -> int:
-    rs = StreamResampler(24000, rate)
-    return len(rs.process(tone.pcm(text)) + rs.flush()) // 2
+    return len(tone.pcm_at(text, rate)) // 2
 
 
 def audio(frames: list, context_id: str | None = None) -> list[TTSAudioRawFrame]:

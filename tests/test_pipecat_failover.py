@@ -4,7 +4,6 @@ blip is ridden out, and ``set_usable(True)`` brings a service back."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
@@ -19,6 +18,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 from pipecat_glmtts import GLMHttpTTSService
 
+from bench._server import free_port
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
@@ -27,13 +27,6 @@ from .conftest import API_KEY, local_server
 UNUSABLE_AFTER_S = 1.5  # the service's default: how long every connection may be refused
 EVERY_S = 2.5  # one sentence every 2.5 s: the 1.5 s bound plus a margin for a loaded machine
 SLACK_S = 1.0  # loaded machine
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening: connecting to it is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def url_of(srv: LocalServer, port: int) -> str:
@@ -108,7 +101,7 @@ async def test_a_blip_shorter_than_the_bound_is_ridden_out_without_failover() ->
     assert primary_inputs == ["您好。", "请讲。"]  # nothing lost, only delayed
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) // 2 == sum(
-        len(tone.pcm(t)) // 2 * 16000 // 24000 for t in ("您好。", "请讲。")
+        len(tone.pcm_at(t, 16000)) // 2 for t in ("您好。", "请讲。")
     )
 
 
@@ -146,5 +139,5 @@ async def test_an_unreachable_service_reports_connectivity_and_set_usable_brings
     assert inputs == ["第二句。"]
     assert (
         sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) // 2
-        == len(tone.pcm("第二句。")) // 6
+        == len(tone.pcm_at("第二句。", 8000)) // 2
     )

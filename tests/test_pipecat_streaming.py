@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -36,15 +34,14 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 from pipecat_glmtts import GLMHttpTTSService
 
-from glmtts_plugins.audio import StreamResampler
+from bench import _corpus
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine, llm_tokens
 from glmtts_plugins.text import Segmenter
 
 from .conftest import API_KEY, local_server
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
-REPLIES = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+REPLIES = _corpus.replies()
 
 
 def turn(tokens: list[str], gap_s: float = 0.0) -> list[Frame]:
@@ -62,11 +59,7 @@ def pieces_of(tokens: list[str]) -> list[str]:
 
 
 def samples(tone: ToneEngine, pieces: list[str], rate: int) -> int:
-    total = 0
-    for p in pieces:
-        rs = StreamResampler(24000, rate)
-        total += len(rs.process(tone.pcm(p)) + rs.flush()) // 2
-    return total
+    return sum(len(tone.pcm_at(p, rate)) // 2 for p in pieces)
 
 
 def params(rate: int) -> PipelineParams:

@@ -14,7 +14,7 @@ from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, VLLM_MAX_BODY_BY
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.voices import DEFAULT_VOICE, VOICES
 
-from .conftest import API_KEY, local_server
+from .conftest import API_KEY, collect_pcm, local_server
 
 REF_WAV = pcm_to_wav(ToneEngine().pcm("参" * 75), 24000)  # 3 s of tone
 REF_URI = "data:audio/wav;base64," + base64.b64encode(REF_WAV).decode()
@@ -75,7 +75,7 @@ async def test_streams_the_engines_pcm_exactly(client: httpx.AsyncClient, srv: L
         assert response.status_code == 200
         assert response.headers["content-type"] == "audio/pcm"
         assert response.headers["x-request-id"] == srv.records[-1].id
-        body = b"".join([chunk async for chunk in response.aiter_raw()])
+        body = await collect_pcm(response.aiter_raw())
     assert body == ToneEngine().pcm(TEXT)
     assert await srv.wait_for(lambda: srv.records[-1].outcome == "completed")
     rec = srv.records[-1]
@@ -281,8 +281,7 @@ async def test_disconnect_after_drops_the_connection(client: httpx.AsyncClient, 
             "POST", VLLM_PATH, json=STREAM, headers={FAULT_HEADER: "disconnect_after=2"}
         ) as response:
             assert response.status_code == 200
-            async for chunk in response.aiter_raw():
-                received += chunk
+            await collect_pcm(response.aiter_raw(), into=received)
     assert await srv.wait_for(lambda: srv.records[-1].outcome == "aborted")
     assert srv.records[-1].events == 2 and bytes(received) == ToneEngine().pcm(TEXT)[: 2 * 960]
 

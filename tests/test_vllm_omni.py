@@ -26,7 +26,7 @@ from glmtts_plugins.audio import pcm_to_wav, wav_to_pcm
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY, FAST_RETRY, local_server, other_tasks
+from .conftest import API_KEY, FAST_RETRY, collect_pcm, local_server, other_tasks
 
 TEXT = "您好，这里是星河银行信用卡中心。"
 
@@ -177,7 +177,7 @@ async def test_request_shape_and_streamed_audio(voice_dir: Path) -> None:
     tone = ToneEngine()
     with local_server(tone, faults="chunk_bytes=7") as srv:  # split samples
         async with engine(srv, voice_dir) as eng:
-            pcm = b"".join([c async for c in eng.stream(TEXT, voice="agent_female", speed=1.2)])
+            pcm = await collect_pcm(eng.stream(TEXT, voice="agent_female", speed=1.2), whole_samples=True)
             assert all(len(c) % 2 == 0 for c in [pcm])
         rec = srv.records[0]
     assert rec.path == "/v1/audio/speech"
@@ -197,8 +197,8 @@ async def test_volume_is_gain_with_saturation(voice_dir: Path) -> None:
     tone = ToneEngine()
     with local_server(tone) as srv:
         async with engine(srv, voice_dir) as eng:
-            plain = b"".join([c async for c in eng.stream(TEXT, voice="agent_female")])
-            loud = b"".join([c async for c in eng.stream(TEXT, voice="agent_female", volume=5.0)])
+            plain = await collect_pcm(eng.stream(TEXT, voice="agent_female"))
+            loud = await collect_pcm(eng.stream(TEXT, voice="agent_female", volume=5.0))
     a = np.frombuffer(plain, "<i2").astype(int)
     b = np.frombuffer(loud, "<i2").astype(int)
     assert np.array_equal(b, np.clip(a * 5, -32768, 32767))  # saturates, never wraps around
@@ -230,11 +230,10 @@ async def test_errors_map_and_retry_only_before_audio(
     with local_server(faults=faults) as srv:
         async with engine(srv, voice_dir) as eng:
             if error is None:
-                assert b"".join([c async for c in eng.stream(TEXT, voice="agent_female")])
+                assert await collect_pcm(eng.stream(TEXT, voice="agent_female"))
             else:
                 with pytest.raises(error) as info:
-                    async for _ in eng.stream(TEXT, voice="agent_female"):
-                        pass
+                    await collect_pcm(eng.stream(TEXT, voice="agent_female"))
                 if error is TruncatedStreamError:
                     assert info.value.retryable is False
         assert len(srv.records) == requests
@@ -322,13 +321,10 @@ async def test_every_adapter_takes_the_engine_unchanged(voice_dir: Path) -> None
     from pipecat.tests.utils import run_test
     from pipecat_glmtts import GLMHttpTTSService
 
-    from glmtts_plugins.audio import StreamResampler
-
     from ._livekit import assert_pushed_audio
 
     tone = ToneEngine()
-    rs = StreamResampler(24000, 8000)
-    expected_8k = len(rs.process(tone.pcm(TEXT)) + rs.flush()) // 2
+    expected_8k = len(tone.pcm_at(TEXT, 8000)) // 2
     with local_server(tone) as srv:
         async with engine(srv, voice_dir) as eng:
             service = GLMHttpTTSService(engine=eng, settings=GLMHttpTTSService.Settings(voice="agent_male"))
