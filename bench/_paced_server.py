@@ -8,6 +8,7 @@ same SSE audio events as the local server (``data: {"id":…,"choices":[{"index"
 "stop"``), 40 ms of 24 kHz audio per input character in events of 20 ms, over HTTP/1.1 keep-alive with
 chunked transfer; one 5 ms ticker writes every event that is due, so its cost per event is a few
 microseconds. The audio is one tone chunk repeated (the client's cost does not depend on the samples).
+``GET /health`` answers 200, as the local server's does (``_server.running`` waits for it).
 
 Run: ``python -m bench._paced_server PORT [RTF]``; ``paced_server(rtf)`` runs it in a child process.
 """
@@ -20,15 +21,13 @@ import contextlib
 import json
 import secrets
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
-import httpx
 import numpy as np
 
-from ._server import TOKEN, free_port
+from ._server import TOKEN, free_port, running
 
 EVENT_S = 0.02  # 20 ms of audio per event, like GLM-TTS
 CHUNK = (0.3 * 32767 * np.sin(2 * np.pi * 440 * np.arange(480) / 24000)).astype("<i2").tobytes()
@@ -95,6 +94,9 @@ class _Conn(asyncio.Protocol):
 
     def request(self, line: list[str], headers: dict[str, str], body: bytes) -> None:
         method, path = line[0], line[1] if len(line) > 1 else ""
+        if method == "GET" and path == "/health":
+            self.reply("200 OK", b'{"status":"ok"}')
+            return
         if method != "POST" or not path.endswith("/audio/speech"):
             self.reply("404 Not Found")
             return
@@ -161,21 +163,8 @@ class PacedServer:
 def paced_server(rtf: float = 1.0) -> Iterator[str]:
     """Run the paced server in a child process; yield its base URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench._paced_server", str(port), str(rtf)])
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("paced server did not start") from None
-                time.sleep(0.05)
+    with running([sys.executable, "-m", "bench._paced_server", str(port), str(rtf)], port, within=20):
         yield f"http://127.0.0.1:{port}/api/paas/v4"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 if __name__ == "__main__":

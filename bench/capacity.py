@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from glmtts_plugins import Synthesizer
     from glmtts_plugins.synthesizer import Encoding
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
 WAYS = {
     "glmtts": "glmtts",
     "httpcore": "glmtts on httpx's transport",
@@ -62,9 +61,9 @@ FORMATS: dict[str, tuple[int, Encoding]] = {"mulaw8k": (8000, "mulaw"), "pcm16k"
 
 
 def corpus() -> list[str]:
-    if CORPUS.exists():
-        return [json.loads(line)["text"] for line in CORPUS.read_text("utf-8").splitlines() if line.strip()]
-    return ["您好，这里是星河银行信用卡中心，我是智能客服小星。请问有什么可以帮您？"]  # pragma: no cover
+    from ._corpus import replies
+
+    return replies(fallback="您好，这里是星河银行信用卡中心，我是智能客服小星。请问有什么可以帮您？")
 
 
 def text_of_length(n: int, replies: list[str]) -> str:

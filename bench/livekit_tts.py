@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,10 +39,10 @@ from livekit.plugins import glmtts
 from glmtts_plugins import CloudEngine, RetryPolicy
 from tests._livekit import StalledEndpoint
 
+from . import _corpus
 from ._playback import Listener, llm
 from ._server import TOKEN, server_process
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
 FAULTS = "first_byte_ms=300;rtf=0.5"
 
 
@@ -161,7 +159,7 @@ async def main() -> None:
 
 
 async def streaming(args: argparse.Namespace) -> None:
-    replies = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    replies = _corpus.replies()
     replies = random.Random(7).sample(replies, min(args.replies, len(replies)))
     names = ("glmtts.TTS().stream() (ours)", "StreamAdapter(blingfire) around the same engine")
     ttfa: dict[str, list[float]] = {n: [] for n in names}

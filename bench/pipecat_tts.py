@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import socket
 import statistics
 import time
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,10 +60,9 @@ from glmtts_plugins import CloudEngine, RetryPolicy
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine, llm_tokens
 
+from . import _corpus
 from ._playback import Listener
 from ._server import server_process
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
 
 TOKEN = "bench-token"
 TEXTS = [
@@ -138,7 +135,7 @@ def reply_frames(text: str, rng: random.Random, token_ms: float) -> list[Frame]:
 
 
 async def streamed(replies: int, token_ms: float) -> None:
-    texts = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    texts = _corpus.replies()
     texts = random.Random(7).sample(texts, min(replies, len(texts)))
     names = ("new default (one streamed utterance per turn)", "SENTENCE mode", "Pipecat-style built-in")
     for rtf in (0.5, 0.9):

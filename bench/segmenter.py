@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import numpy as np
 
 from glmtts_plugins.testing import llm_tokens
 from glmtts_plugins.text import Segmenter
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
+from . import _corpus
 
 
 async def ours(tokens: list[str]) -> tuple[int | None, int]:
@@ -91,7 +89,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="token splittings per reply (seeds)")
     args = parser.parse_args()
-    replies = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    replies = _corpus.replies()
     waited: dict[str, list[int]] = {name: [] for name in SPLITTERS}
     requests: dict[str, list[int]] = {name: [] for name in SPLITTERS}
     only_at_end = dict.fromkeys(SPLITTERS, 0)

@@ -45,7 +45,6 @@ from glmtts_plugins.testing import llm_tokens
 
 from ._server import TOKEN
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
 RATE = 8000
 SAMPLES_PER_CHAR = 960  # the server's tone engine: 40 ms of 24 kHz audio per character
 FAULT = contextvars.ContextVar[str]("FAULT", default="")
@@ -62,9 +61,9 @@ MOMENTS = ("before first audio", "mid-piece", "during prefetch")
 
 
 def replies() -> list[str]:
-    if CORPUS.exists():
-        return [json.loads(line)["text"] for line in CORPUS.read_text("utf-8").splitlines() if line.strip()]
-    return ["您好，这里是星河银行信用卡中心。请问有什么可以帮您？今天天气很好。"]  # pragma: no cover
+    from . import _corpus
+
+    return _corpus.replies(fallback="您好，这里是星河银行信用卡中心。请问有什么可以帮您？今天天气很好。")
 
 
 # -- the server, in its own process -------------------------------------------------------------------

@@ -20,21 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import numpy as np
 
 from glmtts_plugins import CloudEngine, RetryPolicy, Synthesizer
 
+from . import _corpus
 from ._playback import Listener, llm
 from ._server import TOKEN, server_process
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "replies.jsonl"
 
 
 async def ours(engine: CloudEngine, tokens: AsyncIterator[str], ear: Listener, prefetch: int) -> int:
@@ -77,7 +74,7 @@ async def main() -> None:
     parser.add_argument("--first-byte-ms", type=float, default=300.0, help="server's time to first audio")
     parser.add_argument("--rtf", type=float, default=0.5, help="server's real-time factor")
     args = parser.parse_args()
-    replies = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    replies = _corpus.replies()
     replies = random.Random(7).sample(replies, min(args.replies, len(replies)))
     ways: dict[str, Callable[[CloudEngine, AsyncIterator[str], Listener], Awaitable[int]]] = {
         "speak_stream, prefetch 1 (ours)": lambda e, t, ear: ours(e, t, ear, 1),

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
+from .audio.stream_resampler import StreamResampler
 from .engines.base import SAMPLE_RATE, BaseEngine
 
 __all__ = ["ToneEngine", "llm_tokens"]
@@ -36,6 +37,15 @@ class ToneEngine(BaseEngine):
         freq = 200 + (sum(map(ord, text)) % 400)
         wave = 0.3 * min(volume, 3.0) * np.sin(2 * np.pi * freq * t)
         return (wave * 32767).astype("<i2").tobytes()
+
+    def pcm_at(self, text: str, rate: int, *, volume: float = 1.0) -> bytes:
+        """The exact PCM a request for ``text`` becomes at ``rate`` in the speech pipeline.
+
+        ``pcm`` through a fresh streaming resampler, flushed at the end: what ``Synthesizer`` (and so
+        both adapters) makes of one piece, however the engine chunks it. At ``sample_rate``, ``pcm``.
+        """
+        resampler = StreamResampler(self.sample_rate, rate)
+        return resampler.process(self.pcm(text, volume=volume)) + resampler.flush()
 
     async def _stream(
         self, text: str, *, voice: str, speed: float, volume: float, timeout: float | None

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from glmtts_plugins.audio import read_wav
-from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 
 
 def glmtts(
@@ -67,7 +66,7 @@ def test_cloud_without_a_key_is_one_line_not_a_traceback(tmp_path: Path) -> None
 
 def test_say_uses_the_cloud_protocol_when_a_key_is_set(tmp_path: Path) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as server:
+    with local_server(tone) as server:
         out = tmp_path / "d.wav"
         env = {"ZAI_API_KEY": API_KEY}
         result = glmtts("say", "你好", "-o", str(out), "--base-url", server.base_url, env=env)
@@ -103,7 +102,7 @@ def test_say_with_the_vllm_omni_engine_and_named_voices(tmp_path: Path) -> None:
     )
     (voices / "support.txt").write_text("你好", encoding="utf-8")
     tone = ToneEngine()
-    with LocalServer(tone, tokens=["vllm-key"]) as server:
+    with local_server(tone, tokens=["vllm-key"]) as server:
         out = tmp_path / "v.wav"
         env = {"VLLM_API_KEY": "vllm-key"}
         args = ("--engine", "vllm-omni", "--base-url", server.root_url, "--voices", str(voices))

@@ -25,17 +25,13 @@ from glmtts_plugins import (
 from glmtts_plugins.audio import wav_to_pcm
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY, other_tasks, served
+from .conftest import API_KEY, collect_pcm, other_tasks, served
 
 TEXT = "您好，这里是星河银行信用卡中心。Hello there!"
 
 
 async def collect(engine: CloudEngine, text: str = TEXT, **kw: object) -> bytes:
-    out = bytearray()
-    async for chunk in engine.stream(text, **kw):  # type: ignore[arg-type]
-        assert len(chunk) % 2 == 0
-        out += chunk
-    return bytes(out)
+    return await collect_pcm(engine.stream(text, **kw), whole_samples=True)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -76,8 +72,7 @@ async def test_stream_without_finish_is_truncated_not_short() -> None:
     async with served(tone, faults="no_finish") as (srv, cloud):
         got = bytearray()
         with pytest.raises(TruncatedStreamError) as info:
-            async for chunk in cloud.stream(TEXT):
-                got += chunk
+            await collect_pcm(cloud.stream(TEXT), into=got)
     assert bytes(got) == tone.pcm(TEXT)  # the audio before the error is kept
     assert info.value.retryable is False  # audio was handed on: a retry would repeat speech
     assert len(srv.records) == 1
@@ -88,8 +83,7 @@ async def test_drop_after_audio_is_not_retried() -> None:
     async with served(tone, faults="disconnect_after=3") as (srv, cloud):
         got = bytearray()
         with pytest.raises(TruncatedStreamError):
-            async for chunk in cloud.stream(TEXT):
-                got += chunk
+            await collect_pcm(cloud.stream(TEXT), into=got)
     assert bytes(got) == tone.pcm(TEXT)[: 3 * tone.chunk_bytes]
     assert len(srv.records) == 1
 
@@ -134,8 +128,7 @@ async def test_in_stream_error_after_audio_is_not_retried() -> None:
     async with served(tone, faults="error_after=2;error_code=1302") as (srv, cloud):
         got = bytearray()
         with pytest.raises(RateLimitError) as info:
-            async for chunk in cloud.stream(TEXT):
-                got += chunk
+            await collect_pcm(cloud.stream(TEXT), into=got)
     assert bytes(got) == tone.pcm(TEXT)[: 2 * tone.chunk_bytes]
     assert info.value.retryable is False
     assert len(srv.records) == 1
@@ -298,8 +291,7 @@ async def test_read_timeout_after_audio_is_not_retried() -> None:
     async with served(faults="chunk_ms=400", read_timeout=0.1, first_byte_timeout=2.0) as (srv, cloud):
         got = bytearray()
         with pytest.raises(APITimeoutError, match="read") as info:
-            async for chunk in cloud.stream(TEXT):
-                got += chunk
+            await collect_pcm(cloud.stream(TEXT), into=got)
     assert len(got) == 960  # the first chunk arrived; the second came too late
     assert info.value.retryable is False
     assert len(srv.records) == 1

@@ -21,7 +21,7 @@ from glmtts_plugins import (
 from glmtts_plugins.audio import wav_to_pcm
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY
+from .conftest import API_KEY, collect_pcm
 
 VOICES = {"v": {"audio_url": "https://example.invalid/v.wav", "text": "参考。"}}
 BAD_URLS = [
@@ -152,8 +152,7 @@ async def test_synthesizer_and_resolve_engine_apply_as_engine() -> None:
     inner = Minimal()
     synth = Synthesizer(inner, sample_rate=16000, frame_ms=20)
     assert isinstance(synth.engine, BaseEngine)
-    frames = [f async for f in synth.speak("你好。")]
-    assert sum(len(f.audio) for f in frames) == 640
+    assert len(await collect_pcm(synth.speak("你好。"))) == 640
     engine, owned = resolve_engine(inner)
     assert isinstance(engine, BaseEngine) and not owned
     await engine.aclose()  # the adapters can call it: a no-op for an engine without one
@@ -214,8 +213,7 @@ async def test_speak_timeout_reaches_a_users_engine_through_as_engine() -> None:
     synth = Synthesizer(Stalled(), sample_rate=16000)
     with pytest.raises(APITimeoutError, match="first byte"):
         async with asyncio.timeout(5):
-            async for _ in synth.speak("你好。", timeout=0.2):
-                pass
+            await collect_pcm(synth.speak("你好。", timeout=0.2))
 
 
 async def test_closing_the_engine_mid_request_never_surfaces_httpx_runtime_error() -> None:

@@ -14,15 +14,15 @@ pytest.importorskip("livekit.agents")
 
 from examples.livekit_agent.agent import GREETING, AgentConfig, CallCenterAgent, build_session
 from glmtts_plugins import OfflineEngine
-from glmtts_plugins.server import LocalServer
 
 from ._livekit import start_roomless
+from .conftest import local_server
 
 TOKEN = "example-token-3b1c"
 
 
 async def test_agent_session_says_the_greeting_and_stops_on_interruption() -> None:
-    with LocalServer(OfflineEngine(), tokens=[TOKEN], faults="rtf=0.5") as srv:
+    with local_server(OfflineEngine(), tokens=[TOKEN], faults="rtf=0.5") as srv:
         session = build_session(AgentConfig(tts_base_url=srv.base_url, tts_api_key=TOKEN))
         sink, sync = await start_roomless(session, CallCenterAgent())  # no LiveKit server needed
 

@@ -27,9 +27,10 @@ from examples.pipecat_twilio.bot import (  # noqa: E402
 )
 from glmtts_plugins import OfflineEngine  # noqa: E402
 from glmtts_plugins.audio import StreamResampler, lin2ulaw, ulaw2lin  # noqa: E402
-from glmtts_plugins.server import LocalServer, ThreadedServer  # noqa: E402
-from glmtts_plugins.testing import ToneEngine  # noqa: E402
+from glmtts_plugins.server import ThreadedServer  # noqa: E402
 from glmtts_plugins.text import Segmenter  # noqa: E402
+
+from .conftest import collect_pcm, local_server  # noqa: E402
 
 STREAM_SID = "MZ00000000000000000000000000000001"
 PACKET = 160  # 20 ms of 8 kHz μ-law, what Twilio sends
@@ -39,12 +40,10 @@ BARGE_IN_BOUND_S = 1.0  # VAD needs start_secs=0.2 of speech; the rest is pipeli
 
 async def caller_speech(text: str) -> bytes:
     """Real speech for the caller: the offline engine's voice at 8 kHz μ-law, as a phone would send it."""
-    pcm = bytearray()
     async with OfflineEngine() as engine:
-        async for chunk in engine.stream(text, voice="xiaochen"):
-            pcm += chunk
+        pcm = await collect_pcm(engine.stream(text, voice="xiaochen"))
     rs = StreamResampler(24000, 8000)
-    return lin2ulaw(rs.process(bytes(pcm)) + rs.flush())
+    return lin2ulaw(rs.process(pcm) + rs.flush())
 
 
 def media(payload: bytes, seq: int) -> str:
@@ -169,10 +168,8 @@ async def test_twilio_call_greets_stops_on_barge_in_and_answers() -> None:
 
 async def piece_ms(text: str) -> float:
     """How long the offline engine speaks ``text``."""
-    samples = 0
     async with OfflineEngine() as engine:
-        async for chunk in engine.stream(text):
-            samples += len(chunk) // 2
+        samples = len(await collect_pcm(engine.stream(text), whole_samples=True)) // 2
     return 1000 * samples / engine.sample_rate
 
 
@@ -214,7 +211,7 @@ async def test_the_real_mode_greeting_enters_the_context_once() -> None:
     from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
     from pipecat.tests.utils import run_test
 
-    with LocalServer(ToneEngine(), tokens=["k" * 16]) as srv:
+    with local_server(tokens=["k" * 16]) as srv:
         config = BotConfig(zai_api_key="not-used", tts_base_url=srv.base_url, tts_api_key="k" * 16)
         context = new_context()
         await run_test(

@@ -29,6 +29,8 @@ from glmtts_plugins import OfflineEngine  # noqa: E402
 from glmtts_plugins.audio import OpusDecoder, OpusEncoder, StreamResampler  # noqa: E402
 from glmtts_plugins.server import LocalServer, ThreadedServer  # noqa: E402
 
+from .conftest import collect_pcm, local_server  # noqa: E402
+
 TOKEN = "device-token-3f9a"
 KEY = "local-key-7c1d"
 PREBUFFER_MS = 300
@@ -44,12 +46,10 @@ _speech: list[bytes] = []
 async def device_speech() -> list[bytes]:
     """What a device microphone sends: real speech (the offline voice) as 16 kHz Opus, 60 ms packets."""
     if not _speech:
-        pcm = bytearray()
         async with OfflineEngine() as engine:
-            async for chunk in engine.stream("明天早上七点叫我起床。", voice="xiaochen"):
-                pcm += chunk
+            pcm = await collect_pcm(engine.stream("明天早上七点叫我起床。", voice="xiaochen"))
         rs = StreamResampler(24000, 16000)
-        pcm16 = rs.process(bytes(pcm)) + rs.flush()
+        pcm16 = rs.process(pcm) + rs.flush()
         enc = OpusEncoder(16000, FRAME_MS)
         pcm16 += bytes(-len(pcm16) % enc.frame_bytes)
         _speech.extend(
@@ -209,7 +209,7 @@ def connect(port: int, version: int | None = 1, token: str | None = TOKEN, **kw:
 def tts_server():
     """GLM-TTS's stand-in, streaming at twice real time like the cloud (so a reply is still being
     synthesized when the user aborts it)."""
-    with LocalServer(OfflineEngine(), tokens=[KEY], faults="rtf=0.5") as srv:
+    with local_server(OfflineEngine(), tokens=[KEY], faults="rtf=0.5") as srv:
         yield srv
 
 

@@ -38,7 +38,7 @@ from ._peers import (
     sse_event,
 )
 from .conftest import FAST_RETRY as FAST
-from .conftest import served
+from .conftest import collect_pcm, served
 
 TEXT = "您好，这里是星河银行。"
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -60,11 +60,7 @@ def pcm_reply(body: bytes, content_type: str = "audio/pcm", **headers: str):  # 
 
 
 async def collect(engine, **kw) -> bytes:  # type: ignore[no-untyped-def]
-    out = bytearray()
-    async for chunk in engine.stream(TEXT, **kw):
-        assert len(chunk) % 2 == 0
-        out += chunk
-    return bytes(out)
+    return await collect_pcm(engine.stream(TEXT, **kw), whole_samples=True)
 
 
 # -- one rule for a stream that ends inside a sample --------------------------------------------------
@@ -107,8 +103,7 @@ async def test_audio_in_the_same_read_as_an_error_is_delivered_before_it(code: i
         async with CloudEngine(api_key="k", base_url=peer.base_url, retry=FAST) as cloud:
             got = bytearray()
             with pytest.raises(error) as info:
-                async for chunk in cloud.stream(TEXT):
-                    got += chunk
+                await collect_pcm(cloud.stream(TEXT), into=got)
         assert peer.opened == 1  # audio was handed on: never retried
     assert bytes(got) == PCM  # all 1 024 bytes, then the error
     assert info.value.retryable is False

@@ -22,12 +22,11 @@ pytest.importorskip("livekit.agents")
 from livekit.agents import APIConnectOptions, APITimeoutError, tts
 from livekit.plugins import glmtts
 
-from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.testing import llm_tokens as split_tokens
 
 from ._livekit import StalledEndpoint, assert_pushed_audio
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 from .test_livekit_plugin import pieces_of
 
 TEXT = (
@@ -58,7 +57,7 @@ async def collect(stream: tts.SynthesizeStream) -> list[tts.SynthesizedAudio]:
 
 async def test_synthesize_frames_request_id_and_one_metrics_event() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         tts_v = glmtts.TTS(api_key=API_KEY, base_url=srv.base_url)
         tts_v.prewarm()
         events = Events(tts_v)
@@ -77,7 +76,7 @@ async def test_synthesize_frames_request_id_and_one_metrics_event() -> None:
 
 async def test_stream_one_segment_frames_and_one_metrics_event() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         tts_v = glmtts.TTS(api_key=API_KEY, base_url=srv.base_url)
         tts_v.prewarm()
         events = Events(tts_v)
@@ -106,7 +105,7 @@ async def test_stream_one_segment_frames_and_one_metrics_event() -> None:
 
 
 async def test_empty_stream_ends_quietly_without_a_request() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         async with glmtts.TTS(api_key=API_KEY, base_url=srv.base_url) as tts_v:
             async with tts_v.stream(conn_options=APIConnectOptions(max_retry=3, timeout=5)) as stream:
                 stream.end_input()
@@ -118,7 +117,7 @@ async def test_empty_stream_ends_quietly_without_a_request() -> None:
 async def endpoint(kind: str) -> AsyncIterator[tuple[str, str, StalledEndpoint | None]]:
     """(base_url, the phase that must time out, the stalled endpoint if it is ours)."""
     if kind == "server-first-byte":
-        with LocalServer(ToneEngine(), tokens=[API_KEY], faults="first_byte_ms=30000") as srv:
+        with local_server(faults="first_byte_ms=30000") as srv:
             yield srv.base_url, "first byte", None
         return
     async with StalledEndpoint() as stalled:

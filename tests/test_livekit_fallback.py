@@ -14,11 +14,10 @@ from livekit.agents import APIConnectOptions
 from livekit.agents.tts import FallbackAdapter
 from livekit.plugins import glmtts
 
-from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
 from ._livekit import StalledEndpoint, assert_pushed_audio
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 from .test_livekit_plugin import our_tasks, pieces_of
 
 TEXT = "您好，这里是星河银行信用卡中心。请问有什么可以帮您？"
@@ -32,7 +31,7 @@ BUDGET = (RETRIES + 1) * TIMEOUT + 0.1
 async def test_fallback_switches_to_the_secondary_within_the_budget(mode: str) -> None:
     tone = ToneEngine()
     async with StalledEndpoint() as stalled:
-        with LocalServer(tone, tokens=[API_KEY]) as srv:
+        with local_server(tone) as srv:
             primary = glmtts.TTS(api_key=API_KEY, base_url=stalled.url("http"))
             secondary = glmtts.TTS(api_key=API_KEY, base_url=srv.base_url)
             adapter = FallbackAdapter([primary, secondary], max_retry_per_tts=RETRIES)

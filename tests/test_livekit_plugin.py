@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,16 +14,15 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, APIError
 from livekit.plugins import glmtts
 
+from bench import _corpus
 from glmtts_plugins import CloudEngine, InvalidRequestError
-from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine, llm_tokens
 from glmtts_plugins.text import Segmenter
 
 from ._livekit import HeadCounter, assert_pushed_audio, start_roomless
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
 TEXT = "您好，这里是星河银行信用卡中心，请问有什么可以帮您？"
 FAST = APIConnectOptions(max_retry=3, retry_interval=0.01, timeout=10)
 
@@ -44,15 +41,10 @@ def plugin(srv: LocalServer, **kw: object) -> glmtts.TTS:
     return glmtts.TTS(api_key=API_KEY, base_url=srv.base_url, **kw)  # type: ignore[arg-type]
 
 
-def pcm_at(tone: ToneEngine, text: str, rate: int) -> bytes:
-    rs = StreamResampler(24000, rate)
-    return rs.process(tone.pcm(text)) + rs.flush()
-
-
 def replies() -> list[str]:
-    if not CORPUS.exists():
+    if not _corpus.CORPUS.exists():
         pytest.skip("shared/corpus not beside the project")
-    return [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    return _corpus.replies()
 
 
 def pieces_of(text: str, tokens: list[str]) -> list[str]:
@@ -68,15 +60,15 @@ async def drain(stream: object) -> list[rtc.AudioFrame]:
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
 async def test_synthesize_collect_has_the_right_rate_and_duration(rate: int) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         async with plugin(srv, sample_rate=rate) as tts:
             frame = await tts.synthesize(TEXT).collect()
     assert frame.sample_rate == rate and frame.num_channels == 1
-    assert_pushed_audio([frame], pcm_at(tone, TEXT, rate))  # tail included, nothing lost
+    assert_pushed_audio([frame], tone.pcm_at(TEXT, rate))  # tail included, nothing lost
 
 
 async def test_model_provider_and_bad_options() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = plugin(srv)
         assert (tts.model, tts.provider) == ("glm-tts", "GLM-TTS")  # a brand name, not the host
         assert srv.base_url.startswith(tts.engine.base_url)  # the host stays available for logs
@@ -109,7 +101,7 @@ async def test_no_key_fails_at_construction_naming_the_variables(monkeypatch: py
 
 
 async def test_use_after_aclose_is_a_livekit_error_that_is_not_retried() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = plugin(srv)
         await tts.synthesize("第一句。").collect()
         await tts.aclose()
@@ -130,7 +122,7 @@ async def test_use_after_aclose_is_a_livekit_error_that_is_not_retried() -> None
 
 
 async def test_an_engine_closed_by_its_owner_is_a_livekit_error_that_is_not_retried() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         engine = CloudEngine(api_key=API_KEY, base_url=srv.base_url)
         tts = glmtts.TTS(engine=engine)
         await engine.aclose()  # the application's engine, closed under the plugin
@@ -167,7 +159,7 @@ async def test_prewarm_runs_again_once_the_previous_one_finished() -> None:
 
 
 async def test_metrics_tell_whether_the_prewarmed_connection_was_reused() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         cold = plugin(srv)
         metrics: list[object] = []
         cold.on("metrics_collected", metrics.append)
@@ -195,7 +187,7 @@ async def test_stream_sends_one_request_per_segment_in_order_first_at_the_first_
     first one leaves as soon as the first clause is decided, before the rest of the reply exists."""
     rng = random.Random(11)
     early = 0
-    with LocalServer(ToneEngine(ms_per_char=2), tokens=[API_KEY]) as srv:
+    with local_server(ToneEngine(ms_per_char=2)) as srv:
         async with plugin(srv) as tts:
             for text in replies():
                 tokens = llm_tokens(text, rng)
@@ -234,7 +226,7 @@ async def test_random_interruptions_push_nothing_afterwards_and_disconnect() -> 
     rng = random.Random(5)
     texts = replies()
     mid_flight = 0
-    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(faults="rtf=0.5") as srv:
         async with plugin(srv) as tts:
             for run in range(50):
                 stream = tts.stream()
@@ -259,7 +251,7 @@ async def test_random_interruptions_push_nothing_afterwards_and_disconnect() -> 
 async def test_failure_after_audio_is_not_retried_and_not_duplicated() -> None:
     tone = ToneEngine(chunk_bytes=960)
     faults = "when_input=请问;error_after=4;error_code=500"
-    with LocalServer(tone, tokens=[API_KEY], faults=faults) as srv:
+    with local_server(tone, faults=faults) as srv:
         async with plugin(srv) as tts:
             stream = tts.stream(conn_options=FAST)
             stream.push_text("您好，这里是星河银行信用卡中心。请问有什么可以帮您？")
@@ -284,7 +276,7 @@ async def test_failure_after_audio_is_not_retried_and_not_duplicated() -> None:
 
 async def test_failure_before_audio_is_retried_by_the_framework() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY], faults="status=500;code=500;times=2") as srv:
+    with local_server(tone, faults="status=500;code=500;times=2") as srv:
         async with plugin(srv) as tts:
             frame = await tts.synthesize(TEXT, conn_options=FAST).collect()
             srv.state._fault_counts.clear()  # the stream's first request fails too
@@ -308,7 +300,7 @@ async def test_failure_before_audio_is_retried_by_the_framework() -> None:
 
 
 async def test_update_options_between_turns() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         async with plugin(srv, voice="tongtong") as tts:
             await tts.synthesize("第一句。").collect()
             tts.update_options(voice="xiaochen", speed=1.5, volume=3.0)
@@ -324,7 +316,7 @@ async def test_update_options_between_turns() -> None:
 
 @pytest.mark.parametrize("text", ["。", "……！", "😊"])
 async def test_nothing_to_say_makes_no_request_and_no_error(text: str) -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         async with plugin(srv) as tts:
             frame = await tts.synthesize(text, conn_options=FAST).collect()
             stream = tts.stream(conn_options=FAST)
@@ -341,7 +333,7 @@ async def test_roomless_agent_session_say_then_interrupt() -> None:
         "您好，这里是星河银行信用卡中心。我们今天为您准备了一份新的优惠活动，"
         "消费满两百元立减三十元。每人限一次。"
     )
-    with LocalServer(ToneEngine(ms_per_char=150), tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(ToneEngine(ms_per_char=150), faults="rtf=0.5") as srv:
         async with plugin(srv) as tts:
             session = AgentSession(tts=tts)
             sink, sync = await start_roomless(session, Agent(instructions="客服"))
@@ -378,7 +370,7 @@ async def test_interrupted_english_transcript_matches_what_was_heard(rate: int) 
     start and falls back to its own speech-rate guess). The tone speaks faster than that guess."""
     ms_per_char, interrupt_s = 35.0, 5.0
     tone = ToneEngine(ms_per_char=ms_per_char)
-    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(tone, faults="rtf=0.5") as srv:
         async with plugin(srv, sample_rate=rate) as tts:
             session = AgentSession(tts=tts, use_tts_aligned_transcript=True)
             sink, sync = await start_roomless(session, Agent(instructions="support"))

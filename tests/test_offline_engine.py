@@ -15,6 +15,8 @@ from glmtts_plugins.engines.offline import OfflineEngine, split_by_script
 from glmtts_plugins.errors import InvalidRequestError
 from glmtts_plugins.voices import VOICES
 
+from .conftest import collect_pcm
+
 ZH = "你好，世界。今天天气很好。"
 EN = "Hello world, this is a quick test."
 MIXED = "我喜欢用Python写代码，it is fun！"
@@ -26,7 +28,7 @@ async def chunks_of(engine: OfflineEngine, text: str, **kwargs: object) -> list[
 
 
 async def pcm_of(engine: OfflineEngine, text: str, **kwargs: object) -> bytes:
-    return b"".join(await chunks_of(engine, text, **kwargs))
+    return await collect_pcm(engine.stream(text, **kwargs))
 
 
 def seconds(pcm: bytes) -> float:

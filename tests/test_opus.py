@@ -14,7 +14,7 @@ from glmtts_plugins.audio import OpusDecoder, OpusEncoder, StreamResampler
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.text import Segmenter
 
-from .conftest import other_tasks, served
+from .conftest import collect_pcm, other_tasks, served
 
 LOOKAHEAD_MS = 6.5  # libopus' encoder delay: decoded audio is late by this much
 
@@ -35,12 +35,10 @@ _speech: dict[int, bytes] = {}
 async def speech(rate: int) -> bytes:
     """Real speech (the offline engine's voice) at ``rate``, not a multiple of any frame size."""
     if rate not in _speech:
-        pcm = bytearray()
         async with OfflineEngine() as engine:
-            async for chunk in engine.stream("您好，请问今天有什么可以帮您？", voice="tongtong"):
-                pcm += chunk
+            pcm = await collect_pcm(engine.stream("您好，请问今天有什么可以帮您？", voice="tongtong"))
         rs = StreamResampler(engine.sample_rate, rate)
-        _speech[rate] = rs.process(bytes(pcm)) + rs.flush()
+        _speech[rate] = rs.process(pcm) + rs.flush()
     return _speech[rate]
 
 

@@ -24,11 +24,10 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 from pipecat_glmtts import GLMHttpTTSService
 
-from glmtts_plugins.audio import StreamResampler
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 
 TEXT = "您好，这里是星河银行信用卡中心，请问有什么可以帮您？"
 LONG = (
@@ -45,8 +44,7 @@ def service(srv: LocalServer, **kw: object) -> GLMHttpTTSService:
 
 
 def expected_samples(tone: ToneEngine, text: str, rate: int) -> int:
-    rs = StreamResampler(24000, rate)
-    return len(rs.process(tone.pcm(text)) + rs.flush()) // 2
+    return len(tone.pcm_at(text, rate)) // 2
 
 
 def audio(frames: list, context_id: str | None = None) -> list[TTSAudioRawFrame]:
@@ -56,7 +54,7 @@ def audio(frames: list, context_id: str | None = None) -> list[TTSAudioRawFrame]
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
 async def test_frames_in_order_at_the_pipeline_rate_with_the_tail(rate: int) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         down, up = await run_test(
             service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(rate)
         )
@@ -72,7 +70,7 @@ async def test_frames_in_order_at_the_pipeline_rate_with_the_tail(rate: int) -> 
 
 async def test_sample_rate_from_the_constructor_wins_and_bad_rates_are_refused() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         down, _ = await run_test(
             service(srv, sample_rate=16000),
             frames_to_send=[TTSSpeakFrame(TEXT)],
@@ -86,7 +84,7 @@ async def test_sample_rate_from_the_constructor_wins_and_bad_rates_are_refused()
 
 
 async def test_settings_update_reaches_the_next_request() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = service(srv, settings=GLMHttpTTSService.Settings(voice="tongtong"))
         await run_test(
             tts,
@@ -105,7 +103,7 @@ async def test_settings_update_reaches_the_next_request() -> None:
 
 
 async def test_bad_settings_update_is_refused_with_the_field() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = service(srv)
         _, up = await run_test(
             tts,
@@ -122,7 +120,7 @@ async def test_bad_settings_update_is_refused_with_the_field() -> None:
 
 
 async def test_authentication_error_is_permanent() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = GLMHttpTTSService(api_key="wrong-key-0000", base_url=srv.base_url)
         _, up = await run_test(tts, frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(8000))
     errors = [f for f in up if isinstance(f, ErrorFrame)]
@@ -133,7 +131,7 @@ async def test_authentication_error_is_permanent() -> None:
 
 async def test_rate_limit_before_audio_is_retried() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY], faults="status=429;code=1302;times=1") as srv:
+    with local_server(tone, faults="status=429;code=1302;times=1") as srv:
         down, up = await run_test(
             service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(8000)
         )
@@ -145,7 +143,7 @@ async def test_rate_limit_before_audio_is_retried() -> None:
 
 async def test_drop_after_audio_is_not_retried_and_keeps_the_audio() -> None:
     tone = ToneEngine(chunk_bytes=960)
-    with LocalServer(tone, tokens=[API_KEY], faults="disconnect_after=3") as srv:
+    with local_server(tone, faults="disconnect_after=3") as srv:
         down, up = await run_test(
             service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(8000)
         )
@@ -158,7 +156,7 @@ async def test_drop_after_audio_is_not_retried_and_keeps_the_audio() -> None:
 
 @pytest.mark.parametrize("text", ["。", "……！", "😊", "  ", "?!"])
 async def test_punctuation_only_makes_no_request_and_no_error(text: str) -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         down, up = await run_test(
             service(srv), frames_to_send=[TTSSpeakFrame(text)] * 4, pipeline_params=params(8000)
         )
@@ -169,7 +167,7 @@ async def test_punctuation_only_makes_no_request_and_no_error(text: str) -> None
 
 async def test_long_text_is_split_not_truncated() -> None:
     text = "，".join(f"这是第{i}句话的内容" for i in range(150)) + "。"
-    with LocalServer(ToneEngine(ms_per_char=1), tokens=[API_KEY]) as srv:
+    with local_server(ToneEngine(ms_per_char=1)) as srv:
         await run_test(service(srv), frames_to_send=[TTSSpeakFrame(text)], pipeline_params=params(8000))
         sent = [r.body["input"] for r in srv.records]
     assert len(sent) >= 2 and all(len(s) <= 1024 for s in sent) and "".join(sent) == text
@@ -187,7 +185,7 @@ async def test_random_interruptions_stop_the_utterance_and_the_request() -> None
     """50 runs: an InterruptionFrame at a random moment of a paced utterance, then a fresh utterance."""
     rng = random.Random(4)
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(tone, faults="rtf=0.5") as srv:
         for run in range(50):
             before = len(srv.records)
             rate = rng.choice([8000, 16000])
@@ -220,7 +218,7 @@ async def test_random_interruptions_stop_the_utterance_and_the_request() -> None
 async def test_a_failure_before_audio_ends_its_audio_context_at_once() -> None:
     """No stop_frame_timeout_s (12 s here) wait after an ErrorFrame: the next text is spoken at once."""
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY], faults="status=400;code=1301;when_input=拒绝") as srv:
+    with local_server(tone, faults="status=400;code=1301;when_input=拒绝") as srv:
         t0 = time.monotonic()
         down, up = await run_test(
             service(srv),
@@ -272,7 +270,7 @@ async def test_constructor_keywords_of_other_services_work_with_a_deprecation_wa
     from pipecat.utils import deprecation
 
     deprecation._warned_sites.clear()
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         with pytest.warns(DeprecationWarning, match=keyword):
             tts = service(srv, **{keyword: value})
         await run_test(tts, frames_to_send=[TTSSpeakFrame("您好。")], pipeline_params=params(8000))
@@ -282,7 +280,7 @@ async def test_constructor_keywords_of_other_services_work_with_a_deprecation_wa
 
 async def test_every_core_rate_works_and_others_are_refused_with_an_error_frame() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         down, up = await run_test(
             service(srv), frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=params(22050)
         )
@@ -304,7 +302,7 @@ async def test_an_unknown_runtime_voice_or_model_is_reverted_and_the_service_liv
     field: str, bad: str, good: str
 ) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         tts = service(srv)
         _, up = await run_test(
             tts,
@@ -324,7 +322,7 @@ async def test_an_unknown_runtime_voice_or_model_is_reverted_and_the_service_liv
 
 
 async def test_reuse_after_end_frame_is_a_typed_error() -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         tts = service(srv)
         await run_test(tts, frames_to_send=[TTSSpeakFrame("您好。")], pipeline_params=params(8000))
         down, up = await run_test(tts, frames_to_send=[TTSSpeakFrame("您好。")], pipeline_params=params(8000))
@@ -335,7 +333,7 @@ async def test_reuse_after_end_frame_is_a_typed_error() -> None:
 
 async def test_a_lone_surrogate_is_a_typed_error_and_the_next_text_is_spoken() -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         tts = service(srv)
         down, up = await run_test(
             tts,

@@ -4,7 +4,6 @@ blip is ridden out, and ``set_usable(True)`` brings a service back."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
@@ -19,21 +18,15 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 from pipecat_glmtts import GLMHttpTTSService
 
+from bench._server import free_port
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 
 UNUSABLE_AFTER_S = 1.5  # the service's default: how long every connection may be refused
 EVERY_S = 2.5  # one sentence every 2.5 s: the 1.5 s bound plus a margin for a loaded machine
 SLACK_S = 1.0  # loaded machine
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening: connecting to it is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def url_of(srv: LocalServer, port: int) -> str:
@@ -50,7 +43,7 @@ def sentences(n: int) -> list:
 
 async def test_dead_primary_fails_over_within_the_bound_losing_one_sentence() -> None:
     n = 4
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as backup_srv:
+    with local_server() as backup_srv:
         primary = GLMHttpTTSService(api_key=API_KEY, base_url=f"http://127.0.0.1:{free_port()}")
         backup = GLMHttpTTSService(api_key=API_KEY, base_url=backup_srv.base_url)
         switcher = ServiceSwitcher(services=[primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
@@ -86,9 +79,9 @@ async def test_dead_primary_fails_over_within_the_bound_losing_one_sentence() ->
 async def test_a_blip_shorter_than_the_bound_is_ridden_out_without_failover() -> None:
     port = free_port()
     tone = ToneEngine()
-    srv = LocalServer(tone, port=port, tokens=[API_KEY])
+    srv = local_server(tone, port=port)
     primary = GLMHttpTTSService(api_key=API_KEY, base_url=url_of(srv, port))
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as backup_srv:
+    with local_server() as backup_srv:
         backup = GLMHttpTTSService(api_key=API_KEY, base_url=backup_srv.base_url)
         switcher = ServiceSwitcher(services=[primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
         timer = threading.Timer(0.6, srv.start)  # the endpoint comes back after 0.6 s of refusals
@@ -108,14 +101,14 @@ async def test_a_blip_shorter_than_the_bound_is_ridden_out_without_failover() ->
     assert primary_inputs == ["您好。", "请讲。"]  # nothing lost, only delayed
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) // 2 == sum(
-        len(tone.pcm(t)) // 2 * 16000 // 24000 for t in ("您好。", "请讲。")
+        len(tone.pcm_at(t, 16000)) // 2 for t in ("您好。", "请讲。")
     )
 
 
 async def test_an_unreachable_service_reports_connectivity_and_set_usable_brings_it_back() -> None:
     port = free_port()
     tone = ToneEngine()
-    srv = LocalServer(tone, port=port, tokens=[API_KEY])
+    srv = local_server(tone, port=port)
     tts = GLMHttpTTSService(api_key=API_KEY, base_url=url_of(srv, port), unusable_after_s=0.5)
     usable: list[bool] = []
 
@@ -146,5 +139,5 @@ async def test_an_unreachable_service_reports_connectivity_and_set_usable_brings
     assert inputs == ["第二句。"]
     assert (
         sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) // 2
-        == len(tone.pcm("第二句。")) // 6
+        == len(tone.pcm_at("第二句。", 8000)) // 2
     )

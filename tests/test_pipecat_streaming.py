@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -36,15 +34,14 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 from pipecat_glmtts import GLMHttpTTSService
 
-from glmtts_plugins.audio import StreamResampler
+from bench import _corpus
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine, llm_tokens
 from glmtts_plugins.text import Segmenter
 
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies.jsonl"
-REPLIES = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+REPLIES = _corpus.replies()
 
 
 def turn(tokens: list[str], gap_s: float = 0.0) -> list[Frame]:
@@ -62,11 +59,7 @@ def pieces_of(tokens: list[str]) -> list[str]:
 
 
 def samples(tone: ToneEngine, pieces: list[str], rate: int) -> int:
-    total = 0
-    for p in pieces:
-        rs = StreamResampler(24000, rate)
-        total += len(rs.process(tone.pcm(p)) + rs.flush()) // 2
-    return total
+    return sum(len(tone.pcm_at(p, rate)) // 2 for p in pieces)
 
 
 def params(rate: int) -> PipelineParams:
@@ -105,7 +98,7 @@ async def test_every_corpus_reply_is_the_segmenters_pieces_prefetched_and_exact(
     tone = ToneEngine(ms_per_char=150)  # ~ speech rate; the server streams it at twice real time
     replies = REPLIES[[8000, 16000, 24000].index(rate) :: 3]
     turns = [llm_tokens(r, rng) for r in replies]
-    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5;first_byte_ms=60") as srv:
+    with local_server(tone, faults="rtf=0.5;first_byte_ms=60") as srv:
         stamps = Stamps()
         frames: list[Frame] = []
         for tokens in turns:
@@ -145,7 +138,7 @@ async def test_text_frame_of_each_piece_follows_its_audio_with_its_exact_text() 
     tone = ToneEngine()
     text = "Hello there, this is the Xinghe Bank card center. How can I help you today? Please tell me."
     tokens = llm_tokens(text, random.Random(1))
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         down, _ = await run_test(service(srv), frames_to_send=turn(tokens), pipeline_params=params(16000))
         inputs = [r.body["input"] for r in srv.records]
     pieces = pieces_of(tokens)
@@ -175,7 +168,7 @@ async def test_text_frame_of_each_piece_follows_its_audio_with_its_exact_text() 
 )
 async def test_the_assistant_context_keeps_the_reply_exactly(reply: str) -> None:
     context = LLMContext()
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         await run_test(
             Pipeline([service(srv), LLMAssistantAggregator(context)]),
             frames_to_send=turn(llm_tokens(reply, random.Random(3))),
@@ -207,7 +200,7 @@ async def test_random_interruptions_during_streamed_turns() -> None:
         clean = f"好的，第{i}次。"
         frames += [*interrupted, *turn(llm_tokens(clean, rng)), SleepFrame(0.3)]
         plans.append(clean)
-    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5;first_byte_ms=50") as srv:
+    with local_server(tone, faults="rtf=0.5;first_byte_ms=50") as srv:
         tts = service(srv)
         down, up = await run_test(tts, frames_to_send=frames, pipeline_params=params(8000))
         assert await srv.wait_for(lambda: all(r.outcome != "running" for r in srv.records), 5)
@@ -249,7 +242,7 @@ async def test_a_failing_middle_piece_delivers_the_audio_before_it_then_the_erro
     tokens = llm_tokens(reply, random.Random(2))
     pieces = pieces_of(tokens)
     assert len(pieces) >= 2
-    with LocalServer(tone, tokens=[API_KEY], faults=f"disconnect_after=3;when_input={pieces[1][:4]}") as srv:
+    with local_server(tone, faults=f"disconnect_after=3;when_input={pieces[1][:4]}") as srv:
         down, up = await run_test(service(srv), frames_to_send=turn(tokens), pipeline_params=params(8000))
         inputs = [r.body["input"] for r in srv.records]
     assert inputs[:2] == pieces[:2] and inputs.count(pieces[1]) == 1  # nothing retried after audio
@@ -269,7 +262,7 @@ async def test_turns_back_to_back_and_text_after_a_function_call_are_spoken_in_o
     rng = random.Random(9)
     first = llm_tokens("我帮您查一下，请稍等。", rng)
     second = llm_tokens("查到了：您本期账单是三千二百元，最后还款日是十二月八日。", rng)
-    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(tone, faults="rtf=0.5") as srv:
         down, up = await run_test(
             service(srv),
             frames_to_send=[*turn(first), *turn(second), TTSSpeakFrame("还有别的问题吗？")],
@@ -291,7 +284,7 @@ async def test_sentence_mode_still_works_as_before() -> None:
     tone = ToneEngine()
     reply = "您好，这里是星河银行信用卡中心。请问有什么可以帮您？"
     tokens = llm_tokens(reply, random.Random(4))
-    with LocalServer(tone, tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(tone, faults="rtf=0.5") as srv:
         tts = service(srv, text_aggregation_mode=TextAggregationMode.SENTENCE)
         down, up = await run_test(tts, frames_to_send=turn(tokens, 0.01), pipeline_params=params(8000))
         records = list(srv.records)
@@ -309,7 +302,7 @@ async def test_ttfb_and_usage_metrics_once_per_turn() -> None:
 
     replies = ["您好，这里是星河银行信用卡中心。请问有什么可以帮您？", "好的，我帮您查一下，请稍等。"]
     rng = random.Random(6)
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         frames = [f for r in replies for f in turn(llm_tokens(r, rng), 0.01)]
         down, _ = await run_test(service(srv), frames_to_send=frames, pipeline_params=params(16000))
     data = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
@@ -321,7 +314,7 @@ async def test_ttfb_and_usage_metrics_once_per_turn() -> None:
 
 async def test_prefetch_zero_is_one_request_at_a_time_and_bad_values_are_refused() -> None:
     tokens = llm_tokens(REPLIES[0] + REPLIES[1], random.Random(8))
-    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(faults="rtf=0.5") as srv:
         await run_test(service(srv, prefetch=0), frames_to_send=turn(tokens), pipeline_params=params(8000))
         records = sorted(srv.records, key=lambda r: r.started)
     assert [r.body["input"] for r in records] == pieces_of(tokens) and len(records) >= 2
@@ -334,7 +327,7 @@ async def test_text_outside_an_llm_turn_is_spoken_at_once() -> None:
     from pipecat.frames.frames import TextFrame
 
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         t0 = time.monotonic()
         down, up = await run_test(
             service(srv),

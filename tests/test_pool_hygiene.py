@@ -15,10 +15,9 @@ import httpx
 import pytest
 
 from glmtts_plugins import CloudEngine, RetryPolicy
-from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY, other_tasks
+from .conftest import API_KEY, local_server, other_tasks
 
 CANCELS = 500  # about 10 s here; 1 000 were run by hand with the same result
 
@@ -58,7 +57,7 @@ async def engine(transport: str, base_url: str, **options: object) -> AsyncItera
 @pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
 async def test_randomized_barge_in_leaves_no_connection_and_no_socket(transport: str) -> None:
     rng = random.Random(13)
-    with LocalServer(ToneEngine(ms_per_char=20), tokens=[API_KEY], faults="chunk_ms=2") as srv:
+    with local_server(ToneEngine(ms_per_char=20), faults="chunk_ms=2") as srv:
         baseline = open_sockets()
         before = other_tasks()
         retry = RetryPolicy(max_retries=0)

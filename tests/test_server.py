@@ -14,7 +14,7 @@ from glmtts_plugins import CloudEngine
 from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, LocalServer, check_bind
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY
+from .conftest import API_KEY, local_server
 
 GOOD = {"model": "glm-tts", "input": "你好", "voice": "tongtong", "stream": False, "response_format": "wav"}
 
@@ -115,7 +115,7 @@ async def test_first_audio_is_not_held_back_on_a_reused_connection() -> None:
     """Nagle's algorithm on the server side held the first SSE event behind the response head until
     the client's delayed ACK: +40 ms on every request but the first of a keep-alive connection."""
     delays = []
-    with LocalServer(ToneEngine(chunk_bytes=960), tokens=[API_KEY], faults="rtf=0.5") as srv:
+    with local_server(ToneEngine(chunk_bytes=960), faults="rtf=0.5") as srv:
         async with CloudEngine(api_key=API_KEY, base_url=srv.base_url) as engine:
             for _ in range(6):
                 first = None
@@ -174,7 +174,7 @@ class _IteratorEngine(ToneEngine):
 )
 async def test_every_reply_closes_the_engine_stream(path: str, body: dict) -> None:
     engine = _IteratorEngine()
-    with LocalServer(engine, tokens=[API_KEY]) as srv:
+    with local_server(engine) as srv:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
             response = await http.post(srv.root_url + path, json=body)
         assert response.status_code == 200 and len(response.content) >= len(engine.pcm("你好"))
@@ -233,7 +233,7 @@ async def test_injected_434_is_an_authentication_error(server: LocalServer) -> N
             server.base_url + "/audio/speech", json=GOOD, headers={FAULT_HEADER: "status=434"}
         )
     assert direct.status_code == 434 and "code" not in direct.json()["error"]  # none documented for 434
-    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="status=434") as srv:
+    with local_server(faults="status=434") as srv:
         async with CloudEngine(api_key=API_KEY, base_url=srv.base_url) as engine:
             with pytest.raises(AuthenticationError) as info:
                 await engine.synthesize("你好")

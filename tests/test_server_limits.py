@@ -9,7 +9,6 @@ import contextlib
 import os
 import selectors
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,10 +16,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from glmtts_plugins.server import ConnectionLimits, LocalServer, ThreadedServer
-from glmtts_plugins.testing import ToneEngine
+from bench._server import free_port, running
+from glmtts_plugins.server import ConnectionLimits, ThreadedServer
 
-from .conftest import API_KEY
+from .conftest import local_server
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc")
 
@@ -33,31 +32,6 @@ _SERVE_LIMITED = (
     "limits = ConnectionLimits(header_timeout=1.0, body_timeout=1.0, max_connections=64)\n"
     f"serve(ToneEngine(), port=int(sys.argv[1]), tokens=[{TOKEN!r}], limits=limits)\n"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _server_process(argv: list[str], port: int) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _rss_bytes(pid: int) -> int:
@@ -142,7 +116,7 @@ def _closed_within(
 
 
 def test_request_log_is_bounded_by_count_and_bytes() -> None:
-    with LocalServer(ToneEngine(), tokens=[TOKEN], max_records=100, max_record_bytes=1_000_000) as srv:
+    with local_server(tokens=[TOKEN], max_records=100, max_record_bytes=1_000_000) as srv:
         statuses = _flood(srv.port, _hostile_mix(700))
         state = srv.state
         assert statuses.count(200) == 700 and statuses.count(404) == 700 and statuses.count(400) == 100
@@ -158,9 +132,9 @@ def test_glmtts_serve_memory_stays_bounded_and_idle_connections_drop() -> None:
     """``glmtts serve --token T`` keeps no records; 8 KB unknown paths, /health and 60 KB bodies do not
     grow it (each grew it before: 20 000 such requests took it from 52 to 210 MB). Idle connections opened
     at the start are dropped after the default 5 s header timeout."""
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "glmtts_plugins.cli", "serve", "--port", str(port), "--token", TOKEN]
-    with _server_process(argv, port) as proc:
+    with running(argv, port, quiet=True) as proc:
         _flood(port, _hostile_mix(300))  # warm-up: allocator pools, caches
         with _connections(port, 20) as idle:
             opened = time.monotonic()
@@ -179,8 +153,8 @@ def test_glmtts_serve_memory_stays_bounded_and_idle_connections_drop() -> None:
 @pytest.fixture(scope="module")
 def limited() -> Iterator[tuple[int, int]]:
     """``serve()`` with a 1 s header and body timeout and at most 64 connections: ``(port, pid)``."""
-    port = _free_port()
-    with _server_process([sys.executable, "-c", _SERVE_LIMITED, str(port)], port) as proc:
+    port = free_port()
+    with running([sys.executable, "-c", _SERVE_LIMITED, str(port)], port, quiet=True) as proc:
         yield port, proc.pid
 
 
@@ -257,7 +231,7 @@ def test_a_kept_alive_connection_is_closed_after_the_header_timeout(limited: tup
 
 def test_limits_apply_to_local_server_too() -> None:
     limits = ConnectionLimits(header_timeout=0.5, max_connections=8)
-    with LocalServer(ToneEngine(), tokens=[API_KEY], limits=limits) as srv:
+    with local_server(limits=limits) as srv:
         with _connections(srv.port, 12) as socks:
             closed = _closed_within(socks, within=4.0)
         assert None not in closed and sum(c < 0.25 for c in closed) >= 4  # type: ignore[operator]

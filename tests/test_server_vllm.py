@@ -14,7 +14,7 @@ from glmtts_plugins.server import FAULT_HEADER, MAX_BODY_BYTES, VLLM_MAX_BODY_BY
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.voices import DEFAULT_VOICE, VOICES
 
-from .conftest import API_KEY
+from .conftest import API_KEY, collect_pcm, local_server
 
 REF_WAV = pcm_to_wav(ToneEngine().pcm("参" * 75), 24000)  # 3 s of tone
 REF_URI = "data:audio/wav;base64," + base64.b64encode(REF_WAV).decode()
@@ -75,7 +75,7 @@ async def test_streams_the_engines_pcm_exactly(client: httpx.AsyncClient, srv: L
         assert response.status_code == 200
         assert response.headers["content-type"] == "audio/pcm"
         assert response.headers["x-request-id"] == srv.records[-1].id
-        body = b"".join([chunk async for chunk in response.aiter_raw()])
+        body = await collect_pcm(response.aiter_raw())
     assert body == ToneEngine().pcm(TEXT)
     assert await srv.wait_for(lambda: srv.records[-1].outcome == "completed")
     rec = srv.records[-1]
@@ -169,7 +169,7 @@ async def test_nan_speed_and_bad_json_are_rejected(client: httpx.AsyncClient) ->
 
 async def test_urls_and_unknown_fields_are_accepted_and_speed_is_clamped() -> None:
     engine = RecordingEngine()
-    with LocalServer(engine) as srv:
+    with local_server(engine, tokens=None) as srv:
         async with httpx.AsyncClient(base_url=srv.root_url) as http:  # no tokens: no auth needed
             for ref, speed in (
                 ("https://example.com/r.wav", 4.0),
@@ -203,7 +203,7 @@ async def test_record_summarizes_the_reference_and_masks_the_token(
 async def test_the_voice_follows_the_reference_and_falls_back_to_the_default() -> None:
     engine = RecordingEngine()
     refs = [f"https://example.com/speaker-{i}.wav" for i in range(12)] + [REF_URI]
-    with LocalServer(engine) as srv:
+    with local_server(engine, tokens=None) as srv:
         async with httpx.AsyncClient(base_url=srv.root_url) as http:
             for ref in [*refs, *refs]:
                 assert (await http.post(VLLM_PATH, json={**WHOLE, "ref_audio": ref})).status_code == 200
@@ -212,7 +212,7 @@ async def test_the_voice_follows_the_reference_and_falls_back_to_the_default() -
     assert set(voices) <= set(VOICES) and len(set(voices)) > 1  # different references, different voices
 
     picky = RecordingEngine(accept={DEFAULT_VOICE})
-    with LocalServer(picky) as srv:
+    with local_server(picky, tokens=None) as srv:
         async with httpx.AsyncClient(base_url=srv.root_url) as http:
             for ref in refs[:6]:
                 response = await http.post(VLLM_PATH, json={**STREAM, "ref_audio": ref})
@@ -281,8 +281,7 @@ async def test_disconnect_after_drops_the_connection(client: httpx.AsyncClient, 
             "POST", VLLM_PATH, json=STREAM, headers={FAULT_HEADER: "disconnect_after=2"}
         ) as response:
             assert response.status_code == 200
-            async for chunk in response.aiter_raw():
-                received += chunk
+            await collect_pcm(response.aiter_raw(), into=received)
     assert await srv.wait_for(lambda: srv.records[-1].outcome == "aborted")
     assert srv.records[-1].events == 2 and bytes(received) == ToneEngine().pcm(TEXT)[: 2 * 960]
 
@@ -299,7 +298,7 @@ async def test_engine_error_before_audio_is_an_http_error() -> None:
         (400, "BadRequestError", "input"),
     ]
     for engine, (status, kind, param) in zip(engines, expected, strict=True):
-        with LocalServer(engine) as srv:
+        with local_server(engine, tokens=None) as srv:
             async with httpx.AsyncClient(base_url=srv.root_url) as http:
                 response = await http.post(VLLM_PATH, json=STREAM)
         error = response.json()["error"]
@@ -321,7 +320,7 @@ async def test_engine_error_mid_stream_breaks_the_transfer() -> None:
                     raise GLMTTSError("out of memory", code="500")
                 yield chunk
 
-    with LocalServer(Failing()) as srv:
+    with local_server(Failing(), tokens=None) as srv:
         async with httpx.AsyncClient(base_url=srv.root_url) as http:
             with pytest.raises(httpx.HTTPError):
                 await http.post(VLLM_PATH, json=STREAM)
@@ -338,7 +337,7 @@ async def _enumerate(source: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, b
 
 async def test_client_disconnect_is_recorded_and_closes_the_engine_stream() -> None:
     engine = RecordingEngine()
-    with LocalServer(engine, faults="rtf=1") as srv:
+    with local_server(engine, tokens=None, faults="rtf=1") as srv:
         async with httpx.AsyncClient(base_url=srv.root_url, timeout=10) as http:
             body = {**STREAM, "input": "好" * 50}  # 2 s of audio, sent in real time
             async with http.stream("POST", VLLM_PATH, json=body) as response:

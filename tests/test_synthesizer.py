@@ -30,7 +30,7 @@ from glmtts_plugins.engines.base import validate_request
 from glmtts_plugins.testing import ToneEngine
 from glmtts_plugins.text import Segmenter
 
-from .conftest import other_tasks, served
+from .conftest import collect_pcm, other_tasks, served
 
 PIECES = ["您好，这里是星河银行信用卡中心。", "请问有什么可以帮您？", "Your balance is 3,268.50 yuan."]
 
@@ -42,12 +42,6 @@ def per_sentence() -> Segmenter:
 
 async def collect(utt: Utterance) -> list[SpeechFrame]:
     return [frame async for frame in utt]
-
-
-def expected_pcm(tone: ToneEngine, text: str, rate: int) -> bytes:
-    """What one piece must become: the engine's PCM through a fresh resampler, flushed."""
-    rs = StreamResampler(tone.sample_rate, rate)
-    return rs.process(tone.pcm(text)) + rs.flush()
 
 
 def by_segment(frames: list[SpeechFrame]) -> dict[int, bytes]:
@@ -82,7 +76,7 @@ async def test_pcm_frames_exact_per_piece_at_every_rate(rate: int, frame_ms: int
     per_frame = rate * frame_ms // 1000
     for index, text in enumerate(PIECES):
         pcm = segments[index]
-        assert pcm == expected_pcm(tone, text, rate)  # chunked equals whole buffer, tail included
+        assert pcm == tone.pcm_at(text, rate)  # chunked equals whole buffer, tail included
         n_in = len(tone.pcm(text)) // 2
         assert len(pcm) // 2 == round(n_in * rate / tone.sample_rate)
         sizes = [len(f.audio) // 2 for f in frames if f.segment_index == index]
@@ -95,15 +89,15 @@ async def test_pcm_frames_exact_per_piece_at_every_rate(rate: int, frame_ms: int
 
 async def test_equal_rate_passes_through_untouched() -> None:
     tone = ToneEngine(chunk_bytes=7)  # odd byte counts: samples split across chunks
-    frames = await collect(Synthesizer(tone, sample_rate=24000).speak(PIECES[0]))
-    assert b"".join(f.audio for f in frames) == tone.pcm(PIECES[0])
+    assert await collect_pcm(Synthesizer(tone, sample_rate=24000).speak(PIECES[0])) == tone.pcm(PIECES[0])
 
 
 @pytest.mark.parametrize("rate", [8000, 24000])
 async def test_unframed_output_is_each_chunk_resampled(rate: int) -> None:
     tone = ToneEngine(chunk_bytes=962)
-    frames = await collect(Synthesizer(tone, sample_rate=rate, frame_ms=None).speak(PIECES[0]))
-    assert b"".join(f.audio for f in frames) == expected_pcm(tone, PIECES[0], rate)
+    frames: list[SpeechFrame] = []
+    pcm = await collect_pcm(Synthesizer(tone, sample_rate=rate, frame_ms=None).speak(PIECES[0]), into=frames)
+    assert pcm == tone.pcm_at(PIECES[0], rate)
     assert len(frames) >= len(tone.pcm(PIECES[0])) // 962  # one frame per engine chunk, not re-cut
 
 
@@ -114,7 +108,7 @@ async def test_pad_frames_fills_the_last_frame_with_silence() -> None:
     assert {len(f.audio) for f in frames} == {320}
     for index, text in enumerate(PIECES[:2]):
         audio = by_segment(frames)[index]
-        exact = expected_pcm(tone, text, 8000)
+        exact = tone.pcm_at(text, 8000)
         assert len(exact) % 320 and audio[: len(exact)] == exact
         assert audio[len(exact) :] == bytes(320 - len(exact) % 320)
 
@@ -128,8 +122,7 @@ class SixteenKEngine:
         self.tone = ToneEngine()
 
     def pcm(self, text: str) -> bytes:
-        rs = StreamResampler(24000, 16000)
-        return rs.process(self.tone.pcm(text)) + rs.flush()
+        return self.tone.pcm_at(text, 16000)
 
     async def stream(
         self, text: str, *, voice: str = "x", speed: float = 1.0, volume: float = 1.0
@@ -142,9 +135,9 @@ class SixteenKEngine:
 @pytest.mark.parametrize("rate", [8000, 16000, 48000])
 async def test_custom_engine_at_another_rate(rate: int) -> None:
     engine = SixteenKEngine()
-    frames = await collect(Synthesizer(engine, sample_rate=rate).speak(PIECES[1]))  # type: ignore[arg-type]
+    pcm = await collect_pcm(Synthesizer(engine, sample_rate=rate).speak(PIECES[1]))  # type: ignore[arg-type]
     rs = StreamResampler(16000, rate)
-    assert b"".join(f.audio for f in frames) == rs.process(engine.pcm(PIECES[1])) + rs.flush()
+    assert pcm == rs.process(engine.pcm(PIECES[1])) + rs.flush()
 
 
 @pytest.mark.parametrize(
@@ -152,12 +145,15 @@ async def test_custom_engine_at_another_rate(rate: int) -> None:
 )
 async def test_g711_frames_round_trip(encoding: str, encode, decode) -> None:  # type: ignore[no-untyped-def]
     tone = ToneEngine()
-    pcm_frames = await collect(Synthesizer(tone, sample_rate=8000).speak(PIECES[0]))
-    g711_frames = await collect(Synthesizer(tone, sample_rate=8000, encoding=encoding).speak(PIECES[0]))  # type: ignore[arg-type]
+    pcm_frames: list[SpeechFrame] = []
+    g711_frames: list[SpeechFrame] = []
+    pcm = await collect_pcm(Synthesizer(tone, sample_rate=8000).speak(PIECES[0]), into=pcm_frames)
+    coded = await collect_pcm(
+        Synthesizer(tone, sample_rate=8000, encoding=encoding).speak(PIECES[0]),  # type: ignore[arg-type]
+        into=g711_frames,
+    )
     assert [len(f.audio) for f in g711_frames] == [len(f.audio) // 2 for f in pcm_frames]  # 1 byte/sample
     assert all(f.encoding == encoding and f.sample_rate == 8000 for f in g711_frames)
-    pcm = b"".join(f.audio for f in pcm_frames)
-    coded = b"".join(f.audio for f in g711_frames)
     assert coded == encode(pcm)
     ref = np.frombuffer(pcm, "<i2").astype(float)
     back = np.frombuffer(decode(coded), "<i2").astype(float)
@@ -241,8 +237,7 @@ async def test_non_string_token_fails_after_the_audio_before_it() -> None:
     utt = Synthesizer(ToneEngine(), sample_rate=8000).speak_stream(texts())  # type: ignore[arg-type]
     frames: list[SpeechFrame] = []
     with pytest.raises(InvalidRequestError) as info:
-        async for frame in utt:
-            frames.append(frame)
+        await collect_pcm(utt, into=frames)
     assert info.value.field == "texts"
     assert frames and frames[0].segment_text == "您好，这里是星河银行信用卡中心。"
     assert other_tasks() == set()
@@ -255,11 +250,10 @@ async def test_text_source_error_after_spoken_pieces() -> None:
 
     tone = ToneEngine()
     utt = Synthesizer(tone).speak_stream(texts())
-    frames: list[SpeechFrame] = []
+    pcm = bytearray()
     with pytest.raises(ConnectionResetError):
-        async for frame in utt:
-            frames.append(frame)
-    assert b"".join(f.audio for f in frames) == tone.pcm("您好，这里是星河银行信用卡中心。")
+        await collect_pcm(utt, into=pcm)
+    assert bytes(pcm) == tone.pcm("您好，这里是星河银行信用卡中心。")
 
 
 # -- streaming, order and prefetch ----------------------------------------------------------------
@@ -281,7 +275,7 @@ async def test_stream_requests_in_text_order_with_one_ahead() -> None:
     assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
     segments = by_segment(frames)
     for i, piece in enumerate(pieces):
-        assert segments[i] == expected_pcm(tone, piece, 16000)
+        assert segments[i] == tone.pcm_at(piece, 16000)
     # prefetch: the second request started while the first was still streaming, never more than 2 at once
     assert records[1].started < records[0].ended  # type: ignore[operator]
     events = sorted([(r.started, 1) for r in records] + [(r.ended, -1) for r in records])  # type: ignore[misc]
@@ -332,13 +326,12 @@ async def test_failing_piece_mid_stream_keeps_earlier_audio_and_closes_the_rest(
         )
         frames: list[SpeechFrame] = []
         with pytest.raises(ServerError) as info:
-            async for frame in utt:
-                frames.append(frame)
+            await collect_pcm(utt, into=frames)
         assert await srv.wait_for(lambda: all(r.outcome != "running" for r in srv.records), 2)
         records = {r.body["input"]: r for r in srv.records}
     assert "segment 1" in "".join(info.value.__notes__)
     segments = by_segment(frames)
-    assert segments[0] == expected_pcm(tone, "您好，这里是星河银行信用卡中心。", 8000)
+    assert segments[0] == tone.pcm_at("您好，这里是星河银行信用卡中心。", 8000)
     # all of the failing piece's audio that the server sent reached the listener, tail included
     sent = records["请问有什么可以帮您？"].audio_bytes
     assert sent == 3 * 960
@@ -553,10 +546,10 @@ class PlainTokens:
 async def test_text_source_without_aclose_is_spoken_to_the_end() -> None:
     tone = ToneEngine()
     utt = Synthesizer(tone, segmenter=per_sentence).speak_stream(PlainTokens(["你好。", "再见。"]))
-    frames = await collect(utt)
+    pcm = await collect_pcm(utt)
     pieces = [seg.text for seg in utt.segments]
     assert "".join(pieces) == "你好。再见。"  # the last piece, held in the segmenter, was spoken too
-    assert b"".join(f.audio for f in frames) == b"".join(tone.pcm(p) for p in pieces)
+    assert pcm == b"".join(tone.pcm(p) for p in pieces)
 
 
 class CancellingEngine(ToneEngine):
@@ -569,12 +562,11 @@ class CancellingEngine(ToneEngine):
 
 async def test_a_cancelled_engine_stream_ends_the_utterance_with_an_error() -> None:
     utt = Synthesizer(CancellingEngine()).speak("你好。")
-    frames: list[SpeechFrame] = []
+    pcm = bytearray()
     with pytest.raises(GLMTTSError, match="cancelled"):
         async with asyncio.timeout(5):  # before the fix the iterator waited forever
-            async for frame in utt:
-                frames.append(frame)
-    assert b"".join(f.audio for f in frames) == ToneEngine().pcm("你好。")[:960]
+            await collect_pcm(utt, into=pcm)
+    assert bytes(pcm) == ToneEngine().pcm("你好。")[:960]
     assert other_tasks() == set()
 
 

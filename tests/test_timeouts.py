@@ -18,7 +18,7 @@ from glmtts_plugins import (
 from glmtts_plugins.testing import ToneEngine
 
 from ._peers import raw_server, silent, unaccepted_port
-from .conftest import API_KEY, served
+from .conftest import API_KEY, collect_pcm, served
 
 TEXT = "您好，这里是星河银行。"
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -27,8 +27,7 @@ NO_RETRY = RetryPolicy(max_retries=0)
 async def failure(engine, **kw) -> tuple[APITimeoutError, float]:  # type: ignore[no-untyped-def]
     start = time.monotonic()
     with pytest.raises(APITimeoutError) as info:
-        async for _ in engine.stream(TEXT, **kw):
-            pass
+        await collect_pcm(engine.stream(TEXT, **kw))
     return info.value, time.monotonic() - start
 
 
@@ -72,7 +71,7 @@ async def test_local_server_first_byte_delay_against_the_timeout() -> None:
         assert elapsed < 1.5
     tone = ToneEngine()
     async with served(tone, faults="first_byte_ms=300", first_byte_timeout=0.1) as (_srv, cloud):
-        pcm = b"".join([c async for c in cloud.stream(TEXT, timeout=3.0)])
+        pcm = await collect_pcm(cloud.stream(TEXT, timeout=3.0))
         assert pcm == tone.pcm(TEXT)
         wav = await cloud.synthesize(TEXT, timeout=3.0)
         assert len(wav) == 44 + len(pcm)
@@ -83,15 +82,14 @@ async def test_local_server_first_byte_delay_against_the_timeout() -> None:
         _,
         cloud,
     ):
-        assert b"".join([c async for c in cloud.stream(TEXT, timeout=3.0)]) == tone.pcm(TEXT)
+        assert await collect_pcm(cloud.stream(TEXT, timeout=3.0)) == tone.pcm(TEXT)
 
 
 async def test_read_timeout_after_audio_names_read() -> None:
     async with served(faults="chunk_ms=500", read_timeout=0.15) as (_srv, cloud):
         got = bytearray()
         with pytest.raises(APITimeoutError) as info:
-            async for chunk in cloud.stream(TEXT, timeout=5.0):
-                got += chunk
+            await collect_pcm(cloud.stream(TEXT, timeout=5.0), into=got)
     assert str(info.value).startswith("read timeout")
     assert got and info.value.retryable is False
 
@@ -117,15 +115,14 @@ async def test_generic_timeout_for_a_users_engine() -> None:
     error, elapsed = await failure(as_engine(Slow()), timeout=0.2)
     assert str(error).startswith("first byte timeout") and error.retryable and elapsed < 1.5
     tone = ToneEngine()
-    assert b"".join([c async for c in tone.stream(TEXT, timeout=1.0)]) == tone.pcm(TEXT)
+    assert await collect_pcm(tone.stream(TEXT, timeout=1.0)) == tone.pcm(TEXT)
 
 
 @pytest.mark.parametrize("timeout", [0, -1, "5", True, float("nan")])
 async def test_a_bad_timeout_names_the_field_before_any_request(server, timeout) -> None:  # type: ignore[no-untyped-def]
     async with CloudEngine(api_key=API_KEY, base_url=server.base_url) as cloud:
         with pytest.raises(ValueError) as info:
-            async for _ in cloud.stream(TEXT, timeout=timeout):
-                pass
+            await collect_pcm(cloud.stream(TEXT, timeout=timeout))
     assert info.value.field == "timeout"  # type: ignore[attr-defined]
     assert server.records == []
 
@@ -133,17 +130,14 @@ async def test_a_bad_timeout_names_the_field_before_any_request(server, timeout)
 async def test_connection_metrics_reuse_and_acquire_time(server) -> None:  # type: ignore[no-untyped-def]
     async with CloudEngine(api_key=API_KEY, base_url=server.base_url) as cloud:
         assert cloud.last_connection is None
-        async for _ in cloud.stream(TEXT):
-            pass
+        await collect_pcm(cloud.stream(TEXT))
         first = cloud.last_connection
-        async for _ in cloud.stream(TEXT):
-            pass
+        await collect_pcm(cloud.stream(TEXT))
         second = cloud.last_connection
     assert isinstance(first, ConnectionInfo) and first.reused is False and first.acquire_time > 0
     assert second is not None and second.reused is True
     assert second.acquire_time < first.acquire_time
     async with CloudEngine(api_key=API_KEY, base_url=server.base_url) as cloud:
         await cloud.prewarm()
-        async for _ in cloud.stream(TEXT):
-            pass
+        await collect_pcm(cloud.stream(TEXT))
         assert cloud.last_connection is not None and cloud.last_connection.reused is True

@@ -26,7 +26,7 @@ from glmtts_plugins.audio import pcm_to_wav, wav_to_pcm
 from glmtts_plugins.server import LocalServer
 from glmtts_plugins.testing import ToneEngine
 
-from .conftest import API_KEY, FAST_RETRY, other_tasks
+from .conftest import API_KEY, FAST_RETRY, collect_pcm, local_server, other_tasks
 
 TEXT = "您好，这里是星河银行信用卡中心。"
 
@@ -175,9 +175,9 @@ def test_unknown_voice_lists_the_registered_ones(voice_dir: Path) -> None:
 
 async def test_request_shape_and_streamed_audio(voice_dir: Path) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY], faults="chunk_bytes=7") as srv:  # split samples
+    with local_server(tone, faults="chunk_bytes=7") as srv:  # split samples
         async with engine(srv, voice_dir) as eng:
-            pcm = b"".join([c async for c in eng.stream(TEXT, voice="agent_female", speed=1.2)])
+            pcm = await collect_pcm(eng.stream(TEXT, voice="agent_female", speed=1.2), whole_samples=True)
             assert all(len(c) % 2 == 0 for c in [pcm])
         rec = srv.records[0]
     assert rec.path == "/v1/audio/speech"
@@ -195,10 +195,10 @@ async def test_request_shape_and_streamed_audio(voice_dir: Path) -> None:
 
 async def test_volume_is_gain_with_saturation(voice_dir: Path) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         async with engine(srv, voice_dir) as eng:
-            plain = b"".join([c async for c in eng.stream(TEXT, voice="agent_female")])
-            loud = b"".join([c async for c in eng.stream(TEXT, voice="agent_female", volume=5.0)])
+            plain = await collect_pcm(eng.stream(TEXT, voice="agent_female"))
+            loud = await collect_pcm(eng.stream(TEXT, voice="agent_female", volume=5.0))
     a = np.frombuffer(plain, "<i2").astype(int)
     b = np.frombuffer(loud, "<i2").astype(int)
     assert np.array_equal(b, np.clip(a * 5, -32768, 32767))  # saturates, never wraps around
@@ -207,7 +207,7 @@ async def test_volume_is_gain_with_saturation(voice_dir: Path) -> None:
 
 async def test_whole_wav_mode(voice_dir: Path) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    with local_server(tone) as srv:
         async with engine(srv, voice_dir) as eng:
             wav = await eng.synthesize(TEXT, voice="agent_male")
         assert srv.records[0].body["stream"] is False
@@ -227,21 +227,20 @@ async def test_whole_wav_mode(voice_dir: Path) -> None:
 async def test_errors_map_and_retry_only_before_audio(
     voice_dir: Path, faults: str, error, requests: int
 ) -> None:  # type: ignore[no-untyped-def]
-    with LocalServer(ToneEngine(), tokens=[API_KEY], faults=faults) as srv:
+    with local_server(faults=faults) as srv:
         async with engine(srv, voice_dir) as eng:
             if error is None:
-                assert b"".join([c async for c in eng.stream(TEXT, voice="agent_female")])
+                assert await collect_pcm(eng.stream(TEXT, voice="agent_female"))
             else:
                 with pytest.raises(error) as info:
-                    async for _ in eng.stream(TEXT, voice="agent_female"):
-                        pass
+                    await collect_pcm(eng.stream(TEXT, voice="agent_female"))
                 if error is TruncatedStreamError:
                     assert info.value.retryable is False
         assert len(srv.records) == requests
 
 
 async def test_bad_request_names_the_field_and_no_key_is_an_authentication_error(voice_dir: Path) -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY]) as srv:
+    with local_server() as srv:
         async with engine(srv, voice_dir, api_key=None) as eng:
             with pytest.raises(AuthenticationError):
                 await eng.synthesize(TEXT, voice="agent_female")
@@ -264,7 +263,7 @@ async def test_connection_refused_is_a_connection_error(voice_dir: Path) -> None
 
 
 async def test_cancel_closes_the_request_and_key_stays_secret(voice_dir: Path) -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=1") as srv:
+    with local_server(faults="rtf=1") as srv:
         async with engine(srv, voice_dir) as eng:
             assert API_KEY not in repr(eng)
             utt = Synthesizer(eng, sample_rate=8000, voice="agent_female").speak(TEXT)
@@ -279,9 +278,9 @@ async def test_cancel_closes_the_request_and_key_stays_secret(voice_dir: Path) -
 
 async def test_gateway_serves_the_cloud_api_with_named_voices(voice_dir: Path) -> None:
     tone = ToneEngine()
-    with LocalServer(tone, tokens=["upstream-key"], faults="rtf=0.5") as upstream:
+    with local_server(tone, tokens=["upstream-key"], faults="rtf=0.5") as upstream:
         gateway_engine = VllmOmniEngine(upstream.root_url, voices=voice_dir, api_key="upstream-key")
-        with LocalServer(gateway_engine, tokens=[API_KEY], voices=list(gateway_engine.voices or ())) as gw:
+        with local_server(gateway_engine, voices=list(gateway_engine.voices or ())) as gw:
             # the official SDK, which only speaks the cloud protocol
             from zai import ZhipuAiClient
 
@@ -322,14 +321,11 @@ async def test_every_adapter_takes_the_engine_unchanged(voice_dir: Path) -> None
     from pipecat.tests.utils import run_test
     from pipecat_glmtts import GLMHttpTTSService
 
-    from glmtts_plugins.audio import StreamResampler
-
     from ._livekit import assert_pushed_audio
 
     tone = ToneEngine()
-    rs = StreamResampler(24000, 8000)
-    expected_8k = len(rs.process(tone.pcm(TEXT)) + rs.flush()) // 2
-    with LocalServer(tone, tokens=[API_KEY]) as srv:
+    expected_8k = len(tone.pcm_at(TEXT, 8000)) // 2
+    with local_server(tone) as srv:
         async with engine(srv, voice_dir) as eng:
             service = GLMHttpTTSService(engine=eng, settings=GLMHttpTTSService.Settings(voice="agent_male"))
             down, _ = await run_test(
@@ -349,7 +345,7 @@ async def test_every_adapter_takes_the_engine_unchanged(voice_dir: Path) -> None
 
 
 async def test_closing_the_stream_closes_the_upstream_request(voice_dir: Path) -> None:
-    with LocalServer(ToneEngine(), tokens=[API_KEY], faults="rtf=1") as srv:
+    with local_server(faults="rtf=1") as srv:
         async with engine(srv, voice_dir) as eng:
             chunks = eng.stream(TEXT * 3, voice="agent_female")
             await anext(chunks)
