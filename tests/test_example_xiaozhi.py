@@ -8,6 +8,7 @@ playback (packets play back to back from their arrival) to measure the stale aud
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -471,6 +472,29 @@ async def test_the_speaker_shows_what_was_heard_and_orders_a_reply() -> None:
     assert len(packets) == 9 and all(isinstance(p, XiaozhiPacket) for p in packets)  # ceil(500 / 60)
     assert [p.timestamp_ms for p in packets] == [60 * i for i in range(9)]
     assert sent[-1] == {"type": "tts", "state": "stop"}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1, -0.5, "300", True, None])
+async def test_the_speaker_and_the_hello_refuse_bad_numbers_naming_the_field(bad: object) -> None:
+    """Non-finite, negative and non-number values are refused at construction, each naming its field."""
+    from pipecat_glmtts.xiaozhi import XiaozhiSession, XiaozhiSpeaker, accept_device
+
+    from glmtts_plugins import InvalidRequestError
+
+    session = XiaozhiSession(None, "s", 1, None, None, 16000, 24000, FRAME_MS)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError) as info:
+        XiaozhiSpeaker(session, prebuffer_ms=bad)  # type: ignore[arg-type]
+    assert info.value.field == "prebuffer_ms" and "prebuffer_ms" in str(info.value)
+    for name in ("sample_rate", "frame_ms"):  # the session's numbers the speaker encodes with
+        odd = dataclasses.replace(session, **{name: bad})
+        with pytest.raises(InvalidRequestError) as info:
+            XiaozhiSpeaker(odd)
+        assert info.value.field == name and name in str(info.value)
+    for name in ("hello_timeout", "sample_rate"):  # refused before the websocket is touched
+        with pytest.raises(InvalidRequestError) as info:
+            await accept_device(None, **{name: bad})  # type: ignore[arg-type]
+        assert info.value.field == name and name in str(info.value)
+    assert XiaozhiSpeaker(session, prebuffer_ms=0).prebuffer_ms == 0  # zero is a valid pre-buffer
 
 
 @pytest.mark.parametrize("mode", ["streamed turn (default)", "SENTENCE"])

@@ -239,10 +239,18 @@ async def accept_device(
     ``sample_rate`` (16000 or 24000) and the device's own ``frame_duration`` (20/40/60 ms, else 60).
     Messages before the hello are ignored; no hello within ``hello_timeout`` closes with 1002.
     """
-    if sample_rate not in OUTPUT_RATES:
+    if type(sample_rate) is not int or sample_rate not in OUTPUT_RATES:
         raise InvalidRequestError(
             f"sample_rate must be one of {', '.join(map(str, OUTPUT_RATES))}; got {sample_rate!r}",
             field="sample_rate",
+        )
+    if (
+        not isinstance(hello_timeout, int | float)
+        or isinstance(hello_timeout, bool)
+        or not 0 < hello_timeout < float("inf")
+    ):
+        raise InvalidRequestError(
+            f"hello_timeout must be a number of seconds > 0; got {hello_timeout!r}", field="hello_timeout"
         )
     headers = websocket.headers
     device_id, client_id = headers.get("device-id"), headers.get("client-id")
@@ -599,10 +607,27 @@ class XiaozhiSpeaker(FrameProcessor):
     """
 
     def __init__(self, session: XiaozhiSession, *, prebuffer_ms: float = 300, **kwargs: Any) -> None:
-        if not isinstance(prebuffer_ms, int | float) or isinstance(prebuffer_ms, bool) or prebuffer_ms < 0:
+        if (
+            not isinstance(prebuffer_ms, int | float)
+            or isinstance(prebuffer_ms, bool)
+            or not 0 <= prebuffer_ms < float("inf")
+        ):
             raise InvalidRequestError(
                 f"prebuffer_ms must be a number of milliseconds >= 0; got {prebuffer_ms!r}",
                 field="prebuffer_ms",
+            )
+        # the session's numbers set up each reply's encoder: refuse them here, not in the first reply
+        if type(session.sample_rate) is not int or session.sample_rate not in OUTPUT_RATES:
+            raise InvalidRequestError(
+                f"session sample_rate must be one of {', '.join(map(str, OUTPUT_RATES))};"
+                f" got {session.sample_rate!r}",
+                field="sample_rate",
+            )
+        if type(session.frame_ms) is not int or session.frame_ms not in DEVICE_FRAME_MS:
+            raise InvalidRequestError(
+                f"session frame_ms must be one of {', '.join(map(str, DEVICE_FRAME_MS))};"
+                f" got {session.frame_ms!r}",
+                field="frame_ms",
             )
         super().__init__(**kwargs)
         self.session = session
