@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from bench._server import free_port, running
-from glmtts_plugins.server import ConnectionLimits, ThreadedServer
+from glmtts_plugins.server import ConnectionLimits, LocalServer, ThreadedServer
 
 from .conftest import local_server
 
@@ -126,6 +126,55 @@ def test_request_log_is_bounded_by_count_and_bytes() -> None:
         assert all(len(path) <= 256 for _, path, _ in state.requests_seen)
         last = _flood(srv.port, [_post("/api/paas/v4/audio/speech", b'{"model": "last"}', TOKEN)])
         assert last == [400] and srv.records[-1].body == {"model": "last"}  # the newest is always kept
+
+
+async def test_bodies_of_records_already_trimmed_do_not_count_and_the_newest_records_stay() -> None:
+    """Twelve requests send their heads, then their 6 KB bodies: the first ones were trimmed (by count)
+    while their bodies were still on the way, and those bodies must not count against the byte bound (they
+    did, so the log's byte count grew past what it held and every later trim emptied it). Then more
+    requests, one at a time: the log holds the newest records, up to both bounds, and counts their bytes
+    exactly."""
+    max_records, max_bytes = 8, 40_000
+    body = b'{"model": "glm-4", "input": "' + b"x" * 6_000 + b'"}'  # rejected (bad model) once read
+
+    def head(seq: int) -> bytes:
+        return _post("/api/paas/v4/audio/speech", body, TOKEN).split(b"\r\n\r\n", 1)[0] + (
+            f"\r\nX-Seq: {seq}\r\n\r\n".encode()
+        )
+
+    def seqs(srv: LocalServer) -> list[int]:
+        return [int(rec.headers["x-seq"]) for rec in srv.records]
+
+    async def status(reader: asyncio.StreamReader) -> int:
+        return int((await reader.readline()).split()[1])
+
+    with local_server(tokens=[TOKEN], max_records=max_records, max_record_bytes=max_bytes) as srv:
+        log = srv.state.log
+        streams = []
+        for seq in range(12):  # heads only, in order: each request's record exists, its body is awaited
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(head(seq))
+            streams.append((reader, writer))
+            assert await srv.wait_for(lambda n=seq: bool(srv.records) and seqs(srv)[-1] == n)
+        assert seqs(srv)[0] > 0  # the first records were trimmed while their bodies were still to come
+        for _, writer in streams:
+            writer.write(body)
+        assert [await status(reader) for reader, _ in streams] == [400] * 12
+        for _, writer in streams:
+            writer.close()
+        assert log.bytes == sum(rec.size for rec in srv.records) <= max_bytes
+
+        for seq in range(12, 30):  # one at a time
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(head(seq) + body)
+            assert await status(reader) == 400
+            writer.close()
+            held = seqs(srv)
+            assert held == list(range(seq + 1 - len(held), seq + 1)), held  # the newest, in order
+            assert log.bytes == sum(rec.size for rec in srv.records) <= max_bytes
+            assert len(held) <= max_records
+            # trimming keeps half of each bound: at least the records that fit in half the bytes
+            assert len(held) >= min(seq - 11, (max_bytes // 2) // max(rec.size for rec in srv.records))
 
 
 def test_glmtts_serve_memory_stays_bounded_and_idle_connections_drop() -> None:

@@ -46,6 +46,8 @@ class RequestRecord:
     done: threading.Event = field(default_factory=threading.Event, repr=False)
     #: approximate bytes this record holds (its body and headers), for the log's byte bound
     size: int = field(default=0, repr=False)
+    #: listed in its log's ``records`` (its ``size`` counts against the byte bound); False once trimmed
+    listed: bool = field(default=False, repr=False)
 
     def finish(self, outcome: str) -> None:
         self.outcome = outcome
@@ -71,7 +73,7 @@ class RequestLog:
 
     @property
     def bytes(self) -> int:
-        """Approximate bytes held by the listed records."""
+        """Bytes held by the listed records: the sum of their ``size``."""
         return self._bytes
 
     def new(self, path: str) -> RequestRecord:
@@ -79,15 +81,20 @@ class RequestLog:
         rec = RequestRecord(id=secrets.token_hex(8), path=path[:MAX_SEEN_PATH])
         if self.max_records > 0:
             with self._lock:
+                rec.listed = True
                 self.records.append(rec)
                 self._trim()
         return rec
 
     def hold(self, rec: RequestRecord, nbytes: int) -> None:
-        """Count ``nbytes`` more held by ``rec`` (its body, its headers) against the byte bound."""
-        rec.size += nbytes
-        if self.max_records > 0:
-            with self._lock:
+        """Count ``nbytes`` more held by ``rec`` (its body, its headers) against the byte bound.
+
+        A record already trimmed (its body can arrive after newer requests pushed it out) holds nothing of
+        the log's, so only its own ``size`` grows.
+        """
+        with self._lock:
+            rec.size += nbytes
+            if rec.listed:
                 self._bytes += nbytes
                 self._trim()
 
@@ -99,6 +106,7 @@ class RequestLog:
         drop, held = 0, self._bytes
         while drop < len(records) and (len(records) - drop > keep_count or held > keep_bytes):
             held -= records[drop].size
+            records[drop].listed = False
             drop += 1
         del records[:drop]
         self._bytes = held
