@@ -182,6 +182,63 @@ async def test_every_reply_closes_the_engine_stream(path: str, body: dict) -> No
     assert engine.closed == [1]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/api/paas/v4/audio/speech",
+            {**GOOD, "input": "你好" * 100, "stream": True, "response_format": "pcm"},
+        ),
+        (
+            "/v1/audio/speech",
+            {"model": "m", "input": "你好" * 100, "ref_audio": "https://h/r.wav", "ref_text": "t"}
+            | {"stream": True, "response_format": "pcm"},
+        ),
+    ],
+)
+async def test_a_stream_cut_by_server_shutdown_ends_its_record(path: str, body: dict) -> None:
+    """The server stops while a paced stream is mid-way: the response is cancelled, and its record ends
+    (``aborted``) instead of staying ``running``; the engine's stream is closed."""
+    engine = _IteratorEngine()
+    srv = local_server(engine, faults="rtf=1", shutdown_timeout=0.2).start()  # ~24 s of audio, in real time
+    try:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            async with http.stream("POST", srv.root_url + path, json=body) as response:
+                assert response.status_code == 200
+                chunks = response.aiter_bytes()
+                await anext(chunks)  # mid-stream
+                rec = srv.records[-1]
+                assert rec.outcome == "running"
+                await asyncio.to_thread(srv.stop)
+                with pytest.raises(httpx.HTTPError):  # the connection went with the server
+                    async for _ in chunks:
+                        pass
+    finally:
+        srv.stop()
+    assert rec.outcome == "aborted" and rec.done.is_set() and rec.ended is not None
+    assert engine.closed == [1]
+
+
+async def test_a_whole_reply_cut_by_server_shutdown_ends_its_record() -> None:
+    """The server stops while a whole reply waits for its first byte: the record ends ``aborted`` too."""
+    srv = local_server(shutdown_timeout=0.2).start()
+    try:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            url = srv.root_url + "/api/paas/v4/audio/speech"
+            request = asyncio.create_task(
+                http.post(url, json=GOOD, headers={FAULT_HEADER: "first_byte_ms=30000"})
+            )
+            assert await srv.wait_for(lambda: bool(srv.records) and srv.records[-1].fault != "")
+            rec = srv.records[-1]
+            assert rec.outcome == "running"
+            await asyncio.to_thread(srv.stop)
+            response = await request
+            assert response.status_code == 500  # uvicorn's answer to a response that never started
+    finally:
+        srv.stop()
+    assert rec.outcome == "aborted" and rec.done.is_set()
+
+
 @pytest.mark.parametrize("path", ["/api/paas/v4/audio/speech", "/v1/audio/speech"])
 def test_deeply_nested_json_is_a_clean_400(server: LocalServer, path: str) -> None:
     url = server.root_url + path

@@ -3,7 +3,8 @@
 The steps, in order: record the request (headers masked), authenticate, enforce the body limit, read the
 body (bounded in time), parse the fault header, parse the JSON, validate, apply ``when_input``, inject an
 HTTP failure, then let the API produce the audio (a stream, or a whole reply after the first-byte delay).
-Every way out ends the request's record; none leaves it ``running``.
+Every way out ends the request's record; none leaves it ``running`` (a streamed reply's response ends it
+when the stream ends, however it ends, cancellation at shutdown included).
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ async def handle(api: SpeechAPI, request: Request) -> Response:
     rec = state.log.new(request.url.path)
     try:
         return await _handle(api, state, request, rec)
+    except asyncio.CancelledError:
+        if rec.outcome == "running":  # the server cut the request short (it is shutting down)
+            rec.finish("aborted")
+        raise
     except BaseException:
         if rec.outcome == "running":
             rec.finish("error")

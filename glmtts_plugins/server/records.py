@@ -39,7 +39,8 @@ class RequestRecord:
     code: str | None = None
     events: int = 0
     audio_bytes: int = 0
-    outcome: str = "running"  # completed | disconnected | aborted | error | rejected
+    #: completed | disconnected | aborted (cut short by a fault, or at shutdown) | error | rejected
+    outcome: str = "running"
     started: float = field(default_factory=time.monotonic)
     first_audio_at: float | None = None  # time.monotonic() when the first audio event was written
     ended: float | None = None

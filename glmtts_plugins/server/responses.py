@@ -2,8 +2,9 @@
 
 A hand-written ASGI response rather than Starlette's, because tests need to know exactly when the client
 went away: the response races the audio against ``http.disconnect`` and ends the request's record with
-what happened (``completed``, ``disconnected``, ``aborted``, ``error``). The engine's stream is closed
-however the response ends.
+what happened (``completed``, ``disconnected``, ``aborted``, ``error``; ``aborted`` also when the server
+cancels the response at shutdown). The engine's stream is closed and the record ended however the response
+ends.
 """
 
 from __future__ import annotations
@@ -72,7 +73,22 @@ class _AudioStreamResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        outcome = "error"  # how the record ends if nothing below ends it: an unexpected failure
+        try:
+            await self._respond(receive, send)
+        except asyncio.CancelledError:
+            outcome = "aborted"  # the server cut the stream short (it is shutting down)
+            raise
+        finally:
+            if self.rec.outcome == "running":
+                self.rec.finish(outcome)
+
+    async def _respond(self, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        except BaseException:
+            await aclose_stream(self.audio)
+            raise
         producer = asyncio.ensure_future(self._produce(send))
         watcher = asyncio.ensure_future(self._watch(receive))
         try:
@@ -80,16 +96,16 @@ class _AudioStreamResponse(Response):
         finally:
             for task in (producer, watcher):
                 task.cancel()
-            await asyncio.gather(producer, watcher, return_exceptions=True)
-            await aclose_stream(self.audio)
+            try:
+                await asyncio.gather(producer, watcher, return_exceptions=True)
+            finally:
+                await aclose_stream(self.audio)
         if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
             if self.rec.outcome == "running":
                 self.rec.finish("disconnected")
             return
         if producer.done() and not producer.cancelled() and (error := producer.exception()) is not None:
-            if self.rec.outcome == "running":  # an unexpected failure still ends the record
-                self.rec.finish("error")
-            raise error
+            raise error  # __call__ ends the record as an error unless the producer ended it
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":

@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 import uvicorn
 
 from ..engines.base import Engine
+from ..errors import InvalidRequestError
 from .app import create_app
 from .cloud_api import CLOUD_PATH
 from .faults import Faults
@@ -25,13 +26,18 @@ from .responses import AbortConnection
 
 __all__ = ["LocalServer", "ThreadedServer", "check_bind", "listening_socket", "serve"]
 
+SHUTDOWN_TIMEOUT = 5.0
+"""Seconds a background server's ``stop()`` lets running responses finish before cancelling them."""
+_JOIN_TIMEOUT = 10.0  # seconds stop() waits for the server thread (the shutdown, then the app's lifespan)
+
 
 class _DropInjectedAborts(logging.Filter):
-    """Injected disconnects are intended; keep them out of uvicorn's error log."""
+    """Injected disconnects are intended, and so are responses cancelled at shutdown (uvicorn announces
+    those in one line); keep their tracebacks out of uvicorn's error log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, AbortConnection)
+        return not isinstance(exc, AbortConnection | asyncio.CancelledError)
 
 
 logging.getLogger("uvicorn.error").addFilter(_DropInjectedAborts())
@@ -69,7 +75,8 @@ class ThreadedServer:
     """Any ASGI app on a free loopback port, in a thread with its own event loop (tests, examples).
 
     ``lifespan`` is uvicorn's setting ("off" for apps without startup/shutdown, "on" otherwise);
-    ``limits`` bound idle, slow and surplus connections.
+    ``limits`` bound idle, slow and surplus connections. ``stop()`` lets running responses finish for up
+    to ``shutdown_timeout`` seconds, then cancels them (each streamed reply's record still ends).
     """
 
     def __init__(
@@ -80,10 +87,22 @@ class ThreadedServer:
         port: int = 0,
         lifespan: Literal["auto", "on", "off"] = "off",
         limits: ConnectionLimits | None = None,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     ) -> None:
+        if (
+            not isinstance(shutdown_timeout, int | float)
+            or isinstance(shutdown_timeout, bool)
+            or not 0 <= shutdown_timeout < _JOIN_TIMEOUT
+        ):
+            raise InvalidRequestError(
+                f"shutdown_timeout must be a number of seconds from 0 to under {_JOIN_TIMEOUT:g};"
+                f" got {shutdown_timeout!r}",
+                field="shutdown_timeout",
+            )
         self.app = app
         self._host, self._port, self._lifespan = host, port, lifespan
         self.limits = limits or ConnectionLimits()
+        self.shutdown_timeout = shutdown_timeout
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -109,7 +128,9 @@ class ThreadedServer:
 
     def start(self) -> Self:
         """Serve in a background thread; returns once the server accepts connections."""
-        server, sock = self._uvicorn(log_level="warning", access_log=False)
+        server, sock = self._uvicorn(
+            log_level="warning", access_log=False, timeout_graceful_shutdown=self.shutdown_timeout
+        )
         self._server = server
         self._thread = threading.Thread(
             target=lambda: asyncio.run(server.serve(sockets=[sock])),
@@ -127,7 +148,7 @@ class ThreadedServer:
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=_JOIN_TIMEOUT)
             self._server = self._thread = None
 
     def __enter__(self) -> Self:
@@ -178,6 +199,7 @@ class LocalServer(ThreadedServer):
         limits: ConnectionLimits | None = None,
         max_records: int = MAX_RECORDS,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     ) -> None:
         check_bind(host, tokens)
         if engine is None:
@@ -195,7 +217,7 @@ class LocalServer(ThreadedServer):
             max_record_bytes=max_record_bytes,
             body_timeout=limits.body_timeout,
         )
-        super().__init__(app, host=host, port=port, limits=limits)
+        super().__init__(app, host=host, port=port, limits=limits, shutdown_timeout=shutdown_timeout)
 
     @property
     def state(self) -> ServerState:
