@@ -150,6 +150,21 @@ def stale_ms(events: list[Event], at: float) -> float:
     return max(0.0, 1000 * (playing_until - at))
 
 
+def stale_after_stop(events: list[Event]) -> list[str]:
+    """What came between a ``tts stop`` and the next ``tts start`` that belongs to a reply: audio packets
+    and ``sentence_start`` messages (each as ``"<index> <what>"``); empty when nothing did."""
+    stale = []
+    stopped = False
+    for i, e in enumerate(events):
+        if tts("stop")(e):
+            stopped = True
+        elif tts("start")(e):
+            stopped = False
+        elif stopped and (e.kind == "audio" or tts("sentence_start")(e)):
+            stale.append(f"{i} {'audio packet' if e.kind == 'audio' else e.message}")
+    return stale
+
+
 def check_reply(events: list[Event], script_reply: str, rate: int = 24000) -> np.ndarray:
     """tts start, then sentence_start before each sentence's packets, packets, tts stop: the audio."""
     kinds = [(e.kind, e.message.get("state")) for e in events]
@@ -420,6 +435,7 @@ async def test_twenty_random_aborts_leave_no_stale_packet_task_or_request(tts_se
             for a, b in zip(device.events, device.events[1:], strict=False):
                 if a.message.get("state") == "stop":
                     assert b.kind == "json", "a packet came after tts stop"
+            assert stale_after_stop(device.events) == []  # every event up to the next tts start
             assert sum(1 for e in replies if e.message["state"] == "stop") >= 20
             assert await tts_server.wait_for(
                 lambda: all(r.outcome != "running" for r in tts_server.records), 3
