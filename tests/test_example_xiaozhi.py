@@ -412,6 +412,47 @@ async def test_malformed_input_is_ignored_and_the_session_still_works() -> None:
             await other.close()
 
 
+def _message_of_bytes(size: int, **fields: object) -> str:
+    """A JSON text of exactly ``size`` UTF-8 bytes, padded with Chinese (3 bytes a character)."""
+    base = len(json.dumps({**fields, "pad": ""}, ensure_ascii=False).encode())
+    chars, ascii_ = divmod(size - base, 3)
+    text = json.dumps({**fields, "pad": "好" * chars + "x" * ascii_}, ensure_ascii=False)
+    assert len(text.encode()) == size and len(text) < size // 2
+    return text
+
+
+async def test_the_text_limit_counts_utf8_bytes_not_characters() -> None:
+    """64 KiB of UTF-8 on the wire, whatever the characters: a Chinese message of exactly the limit is
+    taken (it starts a turn, which gets a reply), one byte more closes the connection with 1009, and so
+    does a Chinese hello over the limit (a third of it in characters)."""
+    limit = 64 * 1024
+    with ThreadedServer(app_with(), lifespan="on") as srv:
+        async with connect(srv.port) as ws:
+            device = FakeDevice(ws, 1)
+            await device.start()
+            t0 = time.monotonic()
+            await ws.send(_message_of_bytes(limit, type="listen", state="start", mode="manual"))
+            await device.send({"type": "listen", "state": "stop"})
+            await device.wait(tts("start"), 30, after=t0)  # the turn was taken
+            await device.wait(tts("stop"), 30, after=t0)
+            await ws.send(_message_of_bytes(limit + 1, type="listen", state="detect", text="你好小智"))
+            with pytest.raises(ConnectionClosed):  # type: ignore[attr-defined]
+                await asyncio.wait_for(device._reader, 5)
+            assert ws.close_code == 1009
+        async with connect(srv.port) as ws:
+            device = FakeDevice(ws, 1)
+            hello = {
+                "type": "hello",
+                "version": 1,
+                "transport": "websocket",
+                "audio_params": {"format": "opus"},
+            }
+            await ws.send(_message_of_bytes(limit + 1, **hello))
+            with pytest.raises(ConnectionClosed):  # type: ignore[attr-defined]
+                await asyncio.wait_for(device._reader, 5)
+            assert ws.close_code == 1009 and device.events == []  # no server hello
+
+
 async def test_twenty_random_aborts_leave_no_stale_packet_task_or_request(tts_server: LocalServer) -> None:
     speech = await device_speech()
     app = app_with(tts_base_url=tts_server.base_url, tts_api_key=KEY)

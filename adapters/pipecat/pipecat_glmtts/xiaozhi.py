@@ -99,7 +99,7 @@ HELLO_TIMEOUT_S = 10.0
 OUTPUT_RATES = (16000, 24000)
 """Rates the server may announce for its Opus (the reference server sends 24000)."""
 DEVICE_FRAME_MS = (20, 40, 60)
-MAX_TEXT_BYTES = 64 * 1024
+MAX_TEXT_BYTES = 64 * 1024  # of a text frame as it came on the wire: UTF-8 bytes, not characters
 MAX_BINARY_BYTES = 8 * 1024  # an Opus packet of 120 ms at 510 kbit/s is 7.7 kB
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003
@@ -315,7 +315,7 @@ async def _read_hello(websocket: WebSocket, within: float, device_id: str | None
         if text is None:
             logger.warning(f"xiaozhi: device {device_id!r} sent binary data before its hello; ignored")
             continue
-        if len(text) > MAX_TEXT_BYTES:
+        if _utf8_size(text) > MAX_TEXT_BYTES:
             await _close(websocket, CLOSE_TOO_BIG)
             return None
         try:
@@ -325,6 +325,17 @@ async def _read_hello(websocket: WebSocket, within: float, device_id: str | None
         if isinstance(hello, dict) and hello.get("type") == "hello":
             return hello
         logger.warning(f"xiaozhi: device {device_id!r} sent {text[:80]!r} before its hello; ignored")
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8, as the device sent it (a Chinese character is 3 bytes, not 1).
+
+    A text of more characters than ``MAX_TEXT_BYTES`` is too big whatever its bytes: its length is
+    returned without encoding it (a lower bound).
+    """
+    if len(text) > MAX_TEXT_BYTES:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 async def _close(websocket: WebSocket, code: int) -> None:
@@ -369,8 +380,8 @@ class XiaozhiFrameSerializer(FrameSerializer):
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if isinstance(data, bytes | bytearray):
             frame = await self._binary(bytes(data))
-        elif len(data) > MAX_TEXT_BYTES:
-            await self._too_big(len(data))
+        elif (size := _utf8_size(data)) > MAX_TEXT_BYTES:
+            await self._too_big(size)
             frame = None
         else:
             frame = self._text(data)
