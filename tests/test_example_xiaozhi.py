@@ -554,6 +554,72 @@ async def test_the_speaker_and_the_hello_refuse_bad_numbers_naming_the_field(bad
     assert XiaozhiSpeaker(session, prebuffer_ms=0).prebuffer_ms == 0  # zero is a valid pre-buffer
 
 
+async def test_interrupted_contexts_are_forgotten_once_a_new_one_begins_and_late_frames_still_dropped() -> (
+    None
+):
+    """Thirty replies, each interrupted mid-way and followed by late frames of its context (a new sentence,
+    audio, its stop: what was in flight from the TTS). None of the late frames reaches the device, and the
+    speaker's set of interrupted contexts does not grow with the interruptions (it grew by one each)."""
+    from pipecat.frames.frames import (
+        AggregatedTextFrame,
+        InterruptionFrame,
+        OutputTransportMessageUrgentFrame,
+        TTSAudioRawFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+    )
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.tests.utils import SleepFrame, run_test
+    from pipecat_glmtts.xiaozhi import XiaozhiPacket, XiaozhiSession, XiaozhiSpeaker
+
+    session = XiaozhiSession(None, "s", 1, None, None, 16000, 24000, FRAME_MS)  # type: ignore[arg-type]
+    speaker = XiaozhiSpeaker(session, prebuffer_ms=120)
+    tone = (np.sin(np.arange(24000 // 2) / 5) * 8000).astype("<i2").tobytes()  # 0.5 s
+
+    def sentence(text: str, context_id: str) -> AggregatedTextFrame:
+        frame = AggregatedTextFrame(text, "sentence")
+        frame.will_be_spoken, frame.context_id = True, context_id
+        return frame
+
+    replies = 30
+    frames: list = []
+    for i in range(replies):
+        ctx = f"c{i}"
+        frames += [
+            sentence(f"第{i}句。", ctx),
+            TTSStartedFrame(context_id=ctx),
+            TTSAudioRawFrame(tone, 24000, 1, context_id=ctx),
+            SleepFrame(0.08),  # tts start, the sentence and the pre-buffered packets are sent
+            InterruptionFrame(),
+            sentence(f"迟到{i}。", ctx),  # late: still in flight from the TTS when the interruption came
+            TTSStartedFrame(context_id=ctx),
+            TTSAudioRawFrame(tone, 24000, 1, context_id=ctx),
+            TTSStoppedFrame(context_id=ctx),
+            SleepFrame(0.02),
+        ]
+    down, _ = await run_test(
+        speaker,
+        frames_to_send=frames,
+        expected_down_frames=None,
+        pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+    )
+    sent = [f.message for f in down if isinstance(f, OutputTransportMessageUrgentFrame)]
+    said = [m["text"] for m in sent if isinstance(m, dict) and m.get("state") == "sentence_start"]
+    assert said == [f"第{i}句。" for i in range(replies)]  # not one late sentence
+    states = [m["state"] if isinstance(m, dict) else "audio" for m in sent]
+    assert states.count("start") == states.count("stop") == replies
+    after_stop = False
+    for state in states:  # between a stop and the next start: nothing (no late packet)
+        if state == "stop":
+            after_stop = True
+        elif state == "start":
+            after_stop = False
+        else:
+            assert not after_stop, states
+    assert sum(isinstance(m, XiaozhiPacket) for m in sent) >= replies
+    assert speaker._dropped == {f"c{replies - 1}"}  # the last one's late frames are still dropped; no more
+
+
 @pytest.mark.parametrize("mode", ["streamed turn (default)", "SENTENCE"])
 async def test_each_sentence_start_carries_the_text_of_the_audio_after_it(mode: str) -> None:
     """The real GLM-TTS service into the speaker: in the default mode each core piece, in SENTENCE mode

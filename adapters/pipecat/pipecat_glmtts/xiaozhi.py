@@ -647,7 +647,8 @@ class XiaozhiSpeaker(FrameProcessor):
         self._replies: asyncio.Queue[_Reply] = asyncio.Queue()  # replies waiting for / being sent
         self._sender: asyncio.Task[None] | None = None
         self._sending: _Reply | None = None  # the reply the sender is on
-        self._dropped: set[str] = set()  # contexts interrupted: their late audio is ignored
+        # contexts interrupted since the last new context began: their late frames are ignored (see _begin)
+        self._dropped: set[str] = set()
         self._device_speaking = False  # tts start sent, tts stop not yet
         self.replies_sent = 0
         """Replies sent to the end (tts stop after the last packet)."""
@@ -702,6 +703,10 @@ class XiaozhiSpeaker(FrameProcessor):
             return self._reply
         if self._reply is not None:  # a new context without the old one's stop: end the old one
             self._reply.finish()
+        # The TTS pushes its frames in order and ends an interrupted context before it starts another, so
+        # no frame of a context interrupted before this one's first frame can come after it: forget them
+        # (the set stays as small as one interruption's replies instead of growing with every one).
+        self._dropped.clear()
         self._reply = _Reply(context_id, self.session)
         self._replies.put_nowait(self._reply)
         return self._reply
