@@ -212,10 +212,40 @@ async def test_the_real_mode_greeting_enters_the_context_once() -> None:
     from pipecat.tests.utils import run_test
 
     with local_server(tokens=["k" * 16]) as srv:
-        config = BotConfig(zai_api_key="not-used", tts_base_url=srv.base_url, tts_api_key="k" * 16)
+        config = BotConfig(
+            zai_api_key="not-used",
+            deepgram_api_key="not-used",
+            tts_base_url=srv.base_url,
+            tts_api_key="k" * 16,
+        )
+        assert config.real
         context = new_context()
         await run_test(
             Pipeline([build_tts(config, None, None), LLMAssistantAggregator(context)]),
             frames_to_send=greeting_frames(config),
         )
     assert context.get_messages() == [{"role": "assistant", "content": GREETING}]
+
+
+async def test_a_zai_key_alone_runs_the_scripted_flow_and_one_line_names_the_missing_key() -> None:
+    """Real mode needs every key it uses: with ZAI_API_KEY but no DEEPGRAM_API_KEY the call runs the
+    scripted flow on the offline engine (it used to go real and hand Deepgram no key)."""
+    from loguru import logger
+
+    assert BotConfig().missing_keys == ["ZAI_API_KEY", "DEEPGRAM_API_KEY"] and not BotConfig().real
+    assert BotConfig(zai_api_key="z", deepgram_api_key="d").real
+    config = BotConfig(zai_api_key="zai-key-not-used")
+    assert config.missing_keys == ["DEEPGRAM_API_KEY"] and not config.real
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{level} {message}")
+    try:
+        app = create_app(config)
+    finally:
+        logger.remove(sink)
+    assert lines == ["WARNING scripted flow on the offline engine: DEEPGRAM_API_KEY not set\n"]
+    events, _, _ = await fake_call(app, 500, b"")  # the scripted greeting, from the local server
+    greeting = [e for _, e in events if e["event"] == "media"]
+    audio = np.frombuffer(
+        ulaw2lin(b"".join(base64.b64decode(e["media"]["payload"]) for e in greeting)), "<i2"
+    )
+    assert len(audio) >= 8000 // 2 and np.abs(audio).max() > 1000

@@ -335,6 +335,34 @@ async def test_auto_mode_the_server_vad_ends_the_turn_and_hears_barge_in() -> No
             await device.close()
 
 
+async def test_real_mode_needs_every_key_it_uses_else_scripted_replies_and_one_line_names_it() -> None:
+    """With ZAI_API_KEY but no DEEPGRAM_API_KEY (the default STT's) a session speaks the scripted replies on
+    the offline engine (it used to go real and hand Deepgram no key); local Whisper needs no STT key."""
+    from loguru import logger
+
+    assert BotConfig(zai_api_key="z", deepgram_api_key="d").real
+    assert BotConfig(zai_api_key="z", stt="whisper").real
+    assert BotConfig(stt="whisper").missing_keys == ["ZAI_API_KEY"]
+    assert BotConfig().missing_keys == ["ZAI_API_KEY", "DEEPGRAM_API_KEY"]
+    speech = await device_speech()
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{level} {message}")
+    try:
+        app = app_with(zai_api_key="zai-key-not-used")
+    finally:
+        logger.remove(sink)
+    assert lines == ["WARNING scripted replies on the offline engine: DEEPGRAM_API_KEY not set\n"]
+    with ThreadedServer(app, lifespan="on") as srv:
+        assert app.state.local_server is not None  # the offline engine's server started with the app
+        async with connect(srv.port) as ws:
+            device = FakeDevice(ws, 1)
+            await device.start()
+            t_stop = await device.speak(speech[:10])
+            stop = await device.wait(tts("stop"), 30, after=t_stop)
+            check_reply(device.since(t_stop, stop.t + 1e-6), SCRIPT[0])
+            await device.close()
+
+
 async def test_a_wrong_or_missing_token_is_refused() -> None:
     with ThreadedServer(app_with(), lifespan="on") as srv:
         for token in (None, "wrong-token", TOKEN + "x"):

@@ -2,12 +2,13 @@
 
 Run: ``python -m examples.pipecat_twilio.bot`` (see this folder's README for the TwiML and the settings).
 
-* With ``ZAI_API_KEY`` (and ``DEEPGRAM_API_KEY`` for speech-to-text) it is a real bot: Deepgram hears the
-  caller, a GLM chat model answers through Pipecat's OpenAI-compatible LLM service pointed at Zhipu's
-  endpoint, and GLM-TTS speaks.
-* With no keys and no network it still runs end to end: a scripted call-center flow (a greeting, then one
-  scripted answer after each caller turn that Silero VAD detects), each streamed as an LLM would stream it,
-  spoken by the offline engine through the local server, over the exact cloud protocol.
+* With ``ZAI_API_KEY`` and ``DEEPGRAM_API_KEY`` it is a real bot: Deepgram hears the caller, a GLM chat
+  model answers through Pipecat's OpenAI-compatible LLM service pointed at Zhipu's endpoint, and GLM-TTS
+  speaks.
+* Without one of them (one log line names it), and with no network, it still runs end to end:
+  a scripted call-center flow (a greeting, then one scripted answer after each caller turn that Silero VAD
+  detects), each streamed as an LLM would stream it, spoken by the offline engine through the local
+  server, over the exact cloud protocol.
 
 Each reply is one streamed GLM-TTS utterance: its first request leaves at the first clause, the next piece is
 requested while one plays, and the assistant context keeps only the pieces the caller actually heard.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, WebSocket
+from loguru import logger
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
@@ -73,7 +75,7 @@ class BotConfig:
     voice: str = "tongtong"
     tts_base_url: str | None = None  # None: the GLM-TTS cloud (real mode) or the local server (scripted)
     tts_api_key: str | None = None
-    zai_api_key: str | None = None  # set: real bot (LLM + cloud TTS); unset: scripted flow
+    zai_api_key: str | None = None  # with deepgram_api_key: real bot (STT, LLM, cloud TTS); else scripted
     deepgram_api_key: str | None = None
     llm_model: str = "glm-4-flash"
     llm_base_url: str = "https://open.bigmodel.cn/api/paas/v4"
@@ -93,8 +95,15 @@ class BotConfig:
         )
 
     @property
+    def missing_keys(self) -> list[str]:
+        """The keys the real bot uses that are not set (their environment names)."""
+        keys = {"ZAI_API_KEY": self.zai_api_key, "DEEPGRAM_API_KEY": self.deepgram_api_key}
+        return [name for name, value in keys.items() if not value]
+
+    @property
     def real(self) -> bool:
-        return bool(self.zai_api_key)
+        """Every key the real bot uses is set; otherwise the call runs the scripted flow."""
+        return not self.missing_keys
 
 
 def streamed_reply(text: str, token_chars: int = 3) -> list[Frame]:
@@ -164,10 +173,10 @@ def build_processors(
     from pipecat.services.openai.llm import OpenAILLMService
     from pipecat.transcriptions.language import Language
 
+    if not config.deepgram_api_key:  # BotConfig.real requires it; a direct caller gets a clear error
+        raise ValueError("DEEPGRAM_API_KEY is not set: real mode needs it for speech-to-text")
     stt = DeepgramSTTService(
-        # None when DEEPGRAM_API_KEY is unset: left to Deepgram's client, as before type checking
-        api_key=config.deepgram_api_key,  # type: ignore[arg-type]
-        settings=DeepgramSTTService.Settings(language=Language.ZH),
+        api_key=config.deepgram_api_key, settings=DeepgramSTTService.Settings(language=Language.ZH)
     )
     llm = OpenAILLMService(
         api_key=config.zai_api_key,
@@ -228,11 +237,15 @@ async def run_call(
 def create_app(config: BotConfig | None = None, *, public_host: str | None = None) -> FastAPI:
     """The web app: ``POST /twiml`` for Twilio's voice webhook, ``/ws`` for the media stream.
 
-    In scripted mode (no ``ZAI_API_KEY``) and without ``tts_base_url``, a local GLM-TTS server on the
-    offline engine starts with the app and stops with it. ``app.state.contexts`` holds each call's
-    conversation (what the caller heard of the bot, and what the caller said).
+    In scripted mode (a key of the real bot not set: logged once, naming it) and without ``tts_base_url``,
+    a local GLM-TTS server on the offline engine starts with the app and stops with it.
+    ``app.state.contexts`` holds each call's conversation (what the caller heard of the bot, and what the
+    caller said).
     """
     config = config or BotConfig.from_env()
+    if missing := config.missing_keys:
+        level = "WARNING" if config.zai_api_key or config.deepgram_api_key else "INFO"  # half set up: warn
+        logger.log(level, f"scripted flow on the offline engine: {' and '.join(missing)} not set")
     local: dict[str, Any] = {}
     contexts: list[LLMContext] = []
 

@@ -3,12 +3,12 @@
 Run: ``python -m examples.xiaozhi_speaker.bot [--host H] [--port P] [--token T]`` and point the device's
 WebSocket URL at ``ws://HOST:PORT/xiaozhi/v1/`` (see this folder's README).
 
-* With ``ZAI_API_KEY`` (and an STT: ``DEEPGRAM_API_KEY`` by default) it is a real assistant: the STT hears
-  the user, a GLM chat model answers through Pipecat's OpenAI-compatible LLM service pointed at Zhipu's
-  endpoint, GLM-TTS speaks.
-* With no keys and no network it still runs end to end: after each user turn it speaks the next scripted
-  reply (two or more sentences, streamed to the TTS as an LLM would) with the offline engine through the
-  local server, over the exact cloud protocol.
+* With ``ZAI_API_KEY`` and the STT's key (``DEEPGRAM_API_KEY`` for the default Deepgram; none for local
+  Whisper) it is a real assistant: the STT hears the user, a GLM chat model answers through Pipecat's
+  OpenAI-compatible LLM service pointed at Zhipu's endpoint, GLM-TTS speaks.
+* Without one of them (one log line names it), and with no network, it still runs end to end: after each
+  user turn it speaks the next scripted reply (two or more sentences, streamed to the TTS as an LLM would)
+  with the offline engine through the local server, over the exact cloud protocol.
 
 The device's ``abort`` (or, in auto/realtime mode, the server VAD hearing the user over the bot) stops the
 reply at once: the TTS request is closed, ``tts stop`` is sent, and no packet of that reply follows.
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
+from loguru import logger
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
@@ -71,7 +72,7 @@ class BotConfig:
     voice: str = "tongtong"
     tts_base_url: str | None = None  # None: the GLM-TTS cloud (real mode) or the local server (scripted)
     tts_api_key: str | None = None
-    zai_api_key: str | None = None  # set: real assistant (LLM + cloud TTS); unset: scripted replies
+    zai_api_key: str | None = None  # with the STT's key: real assistant (STT, LLM, cloud TTS); else scripted
     stt: str = "deepgram"
     deepgram_api_key: str | None = None
     llm_model: str = "glm-4-flash"
@@ -95,8 +96,18 @@ class BotConfig:
         )
 
     @property
+    def missing_keys(self) -> list[str]:
+        """The keys the real assistant uses that are not set (their environment names): Zhipu's, and
+        Deepgram's unless the STT is local Whisper."""
+        keys = {"ZAI_API_KEY": self.zai_api_key}
+        if self.stt != "whisper":
+            keys["DEEPGRAM_API_KEY"] = self.deepgram_api_key
+        return [name for name, value in keys.items() if not value]
+
+    @property
     def real(self) -> bool:
-        return bool(self.zai_api_key)
+        """Every key the real assistant uses is set; otherwise the session speaks scripted replies."""
+        return not self.missing_keys
 
 
 class ScriptedAgent(FrameProcessor):
@@ -146,10 +157,10 @@ def build_stt(config: BotConfig) -> FrameProcessor:
         return WhisperSTTService(settings=WhisperSTTService.Settings(language=Language.ZH))
     from pipecat.services.deepgram.stt import DeepgramSTTService  # pip install "pipecat-ai[deepgram]"
 
+    if not config.deepgram_api_key:  # BotConfig.real requires it; a direct caller gets a clear error
+        raise ValueError("DEEPGRAM_API_KEY is not set: the Deepgram STT needs it")
     return DeepgramSTTService(
-        # None when DEEPGRAM_API_KEY is unset: left to Deepgram's client, as before type checking
-        api_key=config.deepgram_api_key,  # type: ignore[arg-type]
-        settings=DeepgramSTTService.Settings(language=Language.ZH),
+        api_key=config.deepgram_api_key, settings=DeepgramSTTService.Settings(language=Language.ZH)
     )
 
 
@@ -217,10 +228,14 @@ async def run_device(
 def create_app(config: BotConfig | None = None) -> FastAPI:
     """The web app: the device endpoint at ``/xiaozhi/v1/``.
 
-    In scripted mode (no ``ZAI_API_KEY``) and without ``tts_base_url``, a local GLM-TTS server on the
-    offline engine starts with the app and stops with it (``app.state.local_server``).
+    In scripted mode (a key of the real assistant not set: logged once, naming it) and without
+    ``tts_base_url``, a local GLM-TTS server on the offline engine starts with the app and stops with it
+    (``app.state.local_server``).
     """
     config = config or BotConfig.from_env()
+    if missing := config.missing_keys:
+        level = "WARNING" if config.zai_api_key or config.deepgram_api_key else "INFO"  # half set up: warn
+        logger.log(level, f"scripted replies on the offline engine: {' and '.join(missing)} not set")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
