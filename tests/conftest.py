@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Collection
 from typing import Any
 
+import httpx
 import pytest
 
 from glmtts_plugins import CloudEngine, RetryPolicy, SpeechFrame
@@ -40,6 +41,17 @@ async def served(
     with local_server(engine, faults=faults) as srv:
         async with CloudEngine(api_key=API_KEY, base_url=srv.base_url, **options) as cloud:
             yield srv, cloud
+
+
+@pytest.fixture(params=["aiohttp", "httpcore"])
+async def http_client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient | None]:
+    """Runs a test on each transport: ``None`` (an engine's default, our aiohttp transport) and a client
+    of the user's on httpx's own transport (httpcore), which the engine must handle the same way."""
+    if request.param == "aiohttp":
+        yield None
+        return
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client
 
 
 async def collect_pcm(

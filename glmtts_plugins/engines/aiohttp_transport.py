@@ -67,22 +67,24 @@ class PoolState:
 class _RequestState:
     """What one request's connection set-up did, for its trace."""
 
-    __slots__ = ("headers_sent", "sock", "tls", "trace")
+    __slots__ = ("headers_sent", "socks", "tls", "trace")
 
     def __init__(self, trace: Trace | None, tls: bool) -> None:
         self.trace, self.tls = trace, tls
-        self.sock: socket.socket | None = None
+        self.socks: list[socket.socket] = []  # happy eyeballs may try several addresses
         self.headers_sent = False
 
     def in_handshake(self) -> bool:
         """TCP connected, TLS not done: the request failed or was stopped inside the handshake."""
-        if not self.tls or self.headers_sent or self.sock is None:
+        if not self.tls or self.headers_sent:
             return False
-        try:
-            self.sock.getpeername()
-        except OSError:
-            return False
-        return True
+        for sock in self.socks:
+            try:
+                sock.getpeername()
+            except OSError:  # not connected, or already closed (a losing attempt)
+                continue
+            return True
+        return False
 
 
 def _socket_factory(addr_info: tuple[Any, ...]) -> socket.socket:
@@ -90,7 +92,7 @@ def _socket_factory(addr_info: tuple[Any, ...]) -> socket.socket:
     sock = socket.socket(family=family, type=type_, proto=proto)
     state = _CURRENT.get()
     if state is not None:
-        state.sock = sock
+        state.socks.append(sock)
     return sock
 
 
@@ -104,7 +106,7 @@ async def _on_headers_sent(_session: object, ctx: SimpleNamespace, _params: obje
     state = ctx.trace_request_ctx
     if state is not None:
         state.headers_sent = True
-        state.sock = None
+        state.socks.clear()
         if state.trace is not None:
             await state.trace("http11.send_request_headers.started", {})
 
