@@ -9,8 +9,9 @@ lets it hold on both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -156,3 +157,119 @@ async def test_a_response_closed_mid_body_closes_its_connection_and_a_read_one_i
             assert response.content == b"a" * 10 + b"b" * 10
             assert (transport.pool().active, transport.pool().idle) == (0, 1)  # read to the end: kept
         assert peer.opened == 2
+
+
+async def test_closing_the_client_ends_a_waiting_read_with_read_error_on_both() -> None:
+    async def stall_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response_head(Transfer_Encoding="chunked") + chunked(b"data: x\n\n"))
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with raw_server(stall_body) as peer:
+        results = []
+        for client in clients():
+            no_read_timeout = httpx.Timeout(connect=1.0, read=None, write=1.0, pool=1.0)
+            async with client.stream("POST", peer.base_url + "/x", timeout=no_read_timeout) as response:
+                reads = response.aiter_raw()
+                await anext(reads)
+                waiting = asyncio.create_task(anext(reads))
+                await asyncio.sleep(0.1)
+                await client.aclose()  # e.g. engine.aclose() from another task
+                try:
+                    async with asyncio.timeout(2):
+                        await waiting
+                    results.append("no error")
+                except httpx.HTTPError as exc:
+                    results.append(type(exc).__name__)
+        assert results == ["ReadError", "ReadError"]
+
+
+async def test_a_failed_tls_handshake_is_traced_as_tls_on_both() -> None:
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)  # the ClientHello
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(plain_http) as peer:
+        for client in clients():
+            events: list[str] = []
+
+            async def trace(name: str, info: dict[str, object], events: list[str] = events) -> None:
+                if name.endswith(".started"):
+                    events.append(name)
+
+            async with client:
+                with pytest.raises(httpx.ConnectError):
+                    await client.post(f"https://127.0.0.1:{peer.port}/x", extensions={"trace": trace})
+            assert "connection.start_tls.started" in events, events
+
+
+async def test_a_streamed_request_body_arrives_whole_on_both() -> None:
+    seen: list[bytes] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            body = b""
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                body += (await reader.readexactly(size + 2))[:-2]
+            await reader.readexactly(2)
+        else:
+            length = next(
+                int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")
+            )
+            body = await reader.readexactly(length)
+        seen.append(body)
+        writer.write(response_head(Content_Length="2") + b"ok")
+        await writer.drain()
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"hello"
+        yield b"world"
+
+    async with raw_server(echo) as peer:
+        for client in clients():
+            async with client:
+                response = await client.post(peer.base_url + "/x", content=parts())
+                assert response.content == b"ok"
+    assert seen == [b"helloworld", b"helloworld"]
+
+
+async def test_waiting_for_a_free_connection_is_a_pool_timeout_on_both() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(2)
+
+    async with raw_server(slow) as peer:
+        results = []
+        limits = httpx.Limits(max_connections=1)
+        for client in (
+            httpx.AsyncClient(transport=AiohttpTransport(max_connections=1), timeout=TIMEOUT),
+            httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(connect=0.3, read=5, write=0.3, pool=0.3)),
+        ):
+            async with client:
+                busy = asyncio.create_task(client.post(peer.base_url + "/x", timeout=5))
+                await asyncio.sleep(0.1)
+                results.append(await outcome(client, peer.base_url + "/x"))
+                busy.cancel()
+                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                    await busy
+        assert results == ["PoolTimeout", "PoolTimeout"]
+
+
+def test_an_engine_used_from_a_second_event_loop_still_speaks() -> None:
+    from glmtts_plugins import CloudEngine
+
+    from .conftest import API_KEY, local_server
+
+    with local_server() as srv:
+        engine = CloudEngine(api_key=API_KEY, base_url=srv.base_url)
+
+        async def speak() -> int:
+            return sum([len(chunk) async for chunk in engine.stream("你好。")])
+
+        first = asyncio.run(speak())
+        second = asyncio.run(speak())  # a new loop: the transport makes a new session for it
+        asyncio.run(engine.aclose())
+    assert first == second > 0

@@ -57,6 +57,20 @@ def test_nan_is_an_illegal_value(http: httpx.Client) -> None:
     assert (response.status_code, response.json()["error"]["code"]) == (400, "1214")
 
 
+def test_text_the_engine_refuses_is_an_error_reply_not_a_crash(
+    server: LocalServer, http: httpx.Client
+) -> None:
+    # A lone surrogate passes the server's own checks and is refused by the engine's validation: a JSON
+    # error for a whole reply (its record "rejected"), an SSE error event for a stream (its record "error").
+    body = b'{"model":"glm-tts","input":"hi \\ud800 there","voice":"tongtong","response_format":"wav"}'
+    response = http.post("/audio/speech", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 500 and "surrogate" in response.json()["error"]["message"]
+    streamed = body.replace(b'"response_format":"wav"', b'"stream":true,"response_format":"pcm"')
+    response = http.post("/audio/speech", content=streamed, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and b'"error"' in response.content and b"surrogate" in response.content
+    assert [r.outcome for r in server.records] == ["rejected", "error"]
+
+
 def test_exactly_1024_characters_is_accepted(http: httpx.Client) -> None:
     assert http.post("/audio/speech", json={**GOOD, "input": "好" * 1024}).status_code == 200
 

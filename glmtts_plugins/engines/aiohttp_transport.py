@@ -24,10 +24,12 @@ complete one goes back to the pool. Not supported: proxies, HTTP/2 and client ce
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +41,7 @@ from yarl import URL
 __all__ = ["AiohttpTransport", "PoolState", "shared_ssl_context"]
 
 Trace = Callable[[str, dict[str, Any]], Awaitable[None]]
+_NO_CEIL = 1e9  # aiohttp rounds timeouts at or above ``ceil_threshold`` up to whole seconds: never
 _CURRENT: contextvars.ContextVar[_RequestState | None] = contextvars.ContextVar(
     "glmtts_aiohttp_request", default=None
 )
@@ -49,7 +52,7 @@ def shared_ssl_context() -> ssl.SSLContext:
     """One verifying client context (httpx's: the certifi bundle) for every engine in the process.
 
     Building one costs ~34 ms of CPU and ~850 KB; a context is safe to share between connections."""
-    return httpx.create_ssl_context()
+    return httpx.create_ssl_context(trust_env=False)  # as the engines' client: no SSL_CERT_* variables
 
 
 class PoolState:
@@ -67,11 +70,12 @@ class PoolState:
 class _RequestState:
     """What one request's connection set-up did, for its trace."""
 
-    __slots__ = ("headers_sent", "socks", "tls", "trace")
+    __slots__ = ("connecting", "headers_sent", "socks", "tls", "trace")
 
     def __init__(self, trace: Trace | None, tls: bool) -> None:
         self.trace, self.tls = trace, tls
         self.socks: list[socket.socket] = []  # happy eyeballs may try several addresses
+        self.connecting = False  # a new connection was started (else: waiting for a pooled one)
         self.headers_sent = False
 
     def in_handshake(self) -> bool:
@@ -98,8 +102,10 @@ def _socket_factory(addr_info: tuple[Any, ...]) -> socket.socket:
 
 async def _on_create_start(_session: object, ctx: SimpleNamespace, _params: object) -> None:
     state = ctx.trace_request_ctx
-    if state is not None and state.trace is not None:
-        await state.trace("connection.connect_tcp.started", {})
+    if state is not None:
+        state.connecting = True
+        if state.trace is not None:
+            await state.trace("connection.connect_tcp.started", {})
 
 
 async def _on_headers_sent(_session: object, ctx: SimpleNamespace, _params: object) -> None:
@@ -111,11 +117,12 @@ async def _on_headers_sent(_session: object, ctx: SimpleNamespace, _params: obje
             await state.trace("http11.send_request_headers.started", {})
 
 
-def _as_httpx(exc: aiohttp.ClientError, connecting: bool) -> httpx.TransportError:
-    """An aiohttp failure as the ``httpx`` exception httpx's own transport raises for it."""
+def _as_httpx(exc: aiohttp.ClientError, connecting: bool, pooled: bool = False) -> httpx.TransportError:
+    """An aiohttp failure as the ``httpx`` exception httpx's own transport raises for it (``pooled``: the
+    request was still waiting for a free connection)."""
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(message)
+        return httpx.PoolTimeout(message) if pooled else httpx.ConnectTimeout(message)
     if isinstance(exc, aiohttp.SocketTimeoutError):
         return httpx.ReadTimeout(message)
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -155,6 +162,11 @@ class _Body(httpx.AsyncByteStream):
             raise StopAsyncIteration
         return chunk
 
+    def abort(self) -> None:
+        """End a read that is waiting (the transport is closing): it raises ``ReadError``, as under httpx's
+        own transport, instead of waiting for data that will never come."""
+        self._content.set_exception(aiohttp.ClientOSError("the HTTP client was closed"))
+
     async def aclose(self) -> None:
         # A body read to its end returns its connection to the pool; any other closes it.
         self._response.release()
@@ -178,6 +190,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive_expiry
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bodies: weakref.WeakSet[_Body] = weakref.WeakSet()
         self._closed = False
 
     def pool(self) -> PoolState:
@@ -191,6 +205,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("the transport was closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # used from another event loop: the old session's sockets are the old
+            self._session = None  # loop's (httpx's own pool behaves the same way)
+            self._loop = loop
         if self._session is None or self._session.closed:
             tracing = aiohttp.TraceConfig()
             tracing.on_connection_create_start.append(_on_create_start)
@@ -215,17 +233,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session = self._get_session()
         timeouts = request.extensions.get("timeout", {})
         state = _RequestState(request.extensions.get("trace"), request.url.scheme == "https")
+        headers = request.headers
         try:
             body: Any = request.content
-        except httpx.RequestNotRead:
+        except httpx.RequestNotRead:  # a streamed body: sent whole, so not chunked
             body = await request.aread()
+            headers = headers.copy()
+            headers.pop("transfer-encoding", None)
+            headers["content-length"] = str(len(body))
         token = _CURRENT.set(state)
         try:
             try:
                 response = await session.request(
                     request.method,
                     URL(str(request.url), encoded=True),
-                    headers=request.headers.multi_items(),
+                    headers=headers.multi_items(),
                     data=body or None,
                     allow_redirects=False,
                     compress=None,
@@ -234,14 +256,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                         connect=timeouts.get("pool"),
                         sock_connect=timeouts.get("connect"),
                         sock_read=timeouts.get("read"),
+                        ceil_threshold=_NO_CEIL,
                     ),
                     trace_request_ctx=state,
                 )
             except aiohttp.ClientError as exc:
-                raise _as_httpx(exc, connecting=not state.headers_sent) from exc
-        except BaseException:
-            # aiohttp connects and handshakes in one call: say that the handshake is where it stopped.
-            if state.in_handshake() and state.trace is not None:
+                pooled = not (state.connecting or state.headers_sent)
+                raise _as_httpx(exc, connecting=not state.headers_sent, pooled=pooled) from exc
+        except BaseException as exc:
+            # aiohttp connects and handshakes in one call: say that the handshake is where it stopped (a
+            # failed one has its socket closed already, but names itself).
+            tls_failed = isinstance(exc.__cause__, aiohttp.ClientSSLError)
+            if (tls_failed or state.in_handshake()) and state.trace is not None:
                 await state.trace("connection.start_tls.started", {})
             raise
         finally:
@@ -249,16 +275,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("ascii", "replace")
+        body_stream = _Body(response)
+        self._bodies.add(body_stream)
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_Body(response),
+            stream=body_stream,
             request=request,
             extensions=extensions,
         )
 
     async def aclose(self) -> None:
         self._closed = True
+        for body in list(self._bodies):  # a read waiting on a connection we close would wait for ever
+            body.abort()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -116,6 +116,12 @@ def _closing(chunks: AsyncIterator[bytes]) -> contextlib.AbstractAsyncContextMan
     return contextlib.nullcontext()
 
 
+async def _raising(exc: BaseException) -> AsyncGenerator[bytes, None]:
+    """A stream whose first iteration raises ``exc`` (a request refused before it was sent)."""
+    raise exc
+    yield b""  # pragma: no cover - makes this an async generator
+
+
 async def _generator(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     async with _closing(chunks):
         async for chunk in chunks:
@@ -168,9 +174,14 @@ class BaseEngine:
         timeout: float | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """PCM chunks (whole samples) as the engine produces them: an async generator (close it, e.g. with
-        ``contextlib.aclosing``, to end the request early). A bad request raises here, before anything is
-        sent; the engine's own generator is returned as it is, so no layer is added per chunk."""
-        return self._open_stream(text, voice, speed, volume, _checked(text, voice, speed, volume, timeout))
+        ``contextlib.aclosing``, to end the request early). A bad request raises from its first iteration,
+        before anything is sent. The engine's own generator is returned as it is (validated here, not by a
+        wrapping generator), so no layer is added per chunk."""
+        try:
+            limit = _checked(text, voice, speed, volume, timeout)
+        except InvalidRequestError as exc:
+            return _raising(exc)
+        return self._open_stream(text, voice, speed, volume, limit)
 
     async def synthesize(
         self,
