@@ -68,7 +68,8 @@ def test_text_the_engine_refuses_is_an_error_reply_not_a_crash(
     streamed = body.replace(b'"response_format":"wav"', b'"stream":true,"response_format":"pcm"')
     response = http.post("/audio/speech", content=streamed, headers={"Content-Type": "application/json"})
     assert response.status_code == 200 and b'"error"' in response.content and b"surrogate" in response.content
-    assert [r.outcome for r in server.records] == ["rejected", "error"]
+    final = asyncio.run(server.wait_for(lambda: all(r.outcome != "running" for r in server.records), 2))
+    assert final and [r.outcome for r in server.records] == ["rejected", "error"]
 
 
 def test_exactly_1024_characters_is_accepted(http: httpx.Client) -> None:
