@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
+from bench._server import free_port
 from glmtts_plugins.engines.aiohttp_transport import AiohttpTransport
 
 from ._peers import chunked, gzipped, raw_server, read_request, replying, response_head, unaccepted_port
@@ -46,12 +46,6 @@ async def both(url: str) -> list[str | bytes]:
         async with client:
             results.append(await outcome(client, url))
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_refused_connect_is_connect_error_on_both() -> None:

@@ -31,6 +31,7 @@ import socket
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -55,16 +56,12 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=False)  # as the engines' client: no SSL_CERT_* variables
 
 
+@dataclass(frozen=True, slots=True)
 class PoolState:
     """Connections of a transport's pool: ``active`` (serving a request) and ``idle`` (kept alive)."""
 
-    __slots__ = ("active", "idle")
-
-    def __init__(self, active: int, idle: int) -> None:
-        self.active, self.idle = active, idle
-
-    def __repr__(self) -> str:
-        return f"PoolState(active={self.active}, idle={self.idle})"
+    active: int
+    idle: int
 
 
 class _RequestState:

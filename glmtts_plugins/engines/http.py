@@ -168,7 +168,6 @@ class HTTPEngine(BaseEngine):
         self.last_connection: ConnectionInfo | None = None
         self._connect_timeout = connect
         self._closed = False
-        self._url_cache: tuple[str, httpx.URL] | None = None
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(
             transport=AiohttpTransport(),
@@ -197,13 +196,6 @@ class HTTPEngine(BaseEngine):
         return pcm
 
     # -- life cycle -------------------------------------------------------------------------------
-
-    def _parsed_url(self) -> httpx.URL:
-        """``url`` parsed once (httpx parses a string URL on every request)."""
-        url = self.url
-        if self._url_cache is None or self._url_cache[0] != url:
-            self._url_cache = (url, httpx.URL(url))
-        return self._url_cache[1]
 
     def _check_open(self) -> None:
         if self._closed or self._client.is_closed:
@@ -315,7 +307,7 @@ class HTTPEngine(BaseEngine):
             r = None if streamed else max(deadline - asyncio.get_running_loop().time(), self.read_timeout)
             request = self._client.build_request(
                 "POST",
-                self._parsed_url(),
+                self.url,
                 json=body,
                 headers=self._accept,
                 timeout=httpx.Timeout(connect=c, read=r, write=c, pool=c),
@@ -390,7 +382,6 @@ class HTTPEngine(BaseEngine):
                             yield pcm[:cut] if carry else pcm
                     if decoder.error is not None:
                         raise decoder.error
-            timer.close()
             if carry:
                 # One rule for every engine: the stream ended cleanly inside a sample. The half sample
                 # cannot be played; the utterance is otherwise whole, so it is dropped, not an error.
